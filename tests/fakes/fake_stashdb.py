@@ -1,0 +1,316 @@
+"""A fake stash-box (StashDB) GraphQL server over an in-memory world, for tests, demos and benchmarks.
+
+World shape::
+
+    {"scenes": {"<uuid>": {"id", "title", "deleted", "tags": [{"id", "name", "aliases", "deleted"}],
+                           "fingerprints": [{"algorithm", "hash", "duration"}]}}}
+
+Requests are executed with graphql-core against ``stashdb_fake.graphql``, a strict subset of the
+real stash-box schema, so a query with a wrong field fails as it would against StashDB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from graphql import GraphQLError, build_schema, graphql_sync, parse, validate
+
+SDL_PATH = Path(__file__).with_name("stashdb_fake.graphql")
+MAX_FINGERPRINT_LISTS = 40
+DEFAULT_API_KEY = "fake-stashdb-key"
+
+
+def load_schema():
+    """The fake's GraphQL schema."""
+    return build_schema(SDL_PATH.read_text(encoding="utf-8"))
+
+
+def fingerprint_key(algorithm: str, value: str) -> tuple[str, object] | None:
+    """Index key of a fingerprint: PHASH by integer value, others by lower-case text; None if unusable."""
+    algorithm = str(algorithm).upper()
+    if algorithm == "PHASH":
+        try:
+            return ("PHASH", int(str(value), 16))
+        except ValueError:
+            return None
+    return (algorithm, str(value).strip().lower())
+
+
+def build_fingerprint_index(world: dict) -> dict[tuple[str, object], list[str]]:
+    """Map each fingerprint key to the ids of the scenes carrying it, in world order."""
+    index: dict[tuple[str, object], list[str]] = {}
+    for scene_id, scene in world.get("scenes", {}).items():
+        for fp in scene.get("fingerprints", ()):
+            key = fingerprint_key(fp["algorithm"], fp["hash"])
+            if key is not None and scene_id not in index.setdefault(key, []):
+                index[key].append(scene_id)
+    return index
+
+
+class FakeStashDB:
+    """A stash-box look-alike on 127.0.0.1 with API-key auth, optional rate enforcement and fault injection."""
+
+    def __init__(
+        self,
+        world: dict,
+        api_key: str = DEFAULT_API_KEY,
+        max_requests_per_minute: float | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tolerance_s: float = 0.005,
+    ) -> None:
+        self.world = world
+        self.api_key = api_key
+        self.max_requests_per_minute = max_requests_per_minute
+        self.tolerance_s = tolerance_s
+        self.schema = load_schema()
+        self.index = build_fingerprint_index(world)
+        self._host, self._port = host, port
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._failures: list[tuple[int, bytes, dict]] = []
+        self._delays: list[float] = []
+        self._last_accepted: float | None = None
+        self.reset_counters()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> FakeStashDB:
+        """Start serving in a daemon thread; return self."""
+        if self._server is not None:
+            return self
+        self._server = _Server((self._host, self._port), _Handler)
+        self._server.fake = self
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-stashdb", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+        self._server = self._thread = None
+
+    def __enter__(self) -> FakeStashDB:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """The GraphQL endpoint URL (server must be started)."""
+        if self._server is None:
+            raise RuntimeError("FakeStashDB is not started")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/graphql"
+
+    # -- counters and fault injection ----------------------------------------------------------
+
+    def reset_counters(self) -> None:
+        """Zero every counter and forget recorded calls."""
+        with self._lock:
+            self.requests = 0
+            self.throttled = 0
+            self.unauthorized = 0
+            self.operations: Counter[str] = Counter()
+            self.calls: list[dict] = []
+
+    def fail_next(self, n: int = 1, status: int = 500, body: bytes | str = b"", headers: dict | None = None) -> None:
+        """Answer the next `n` authorised requests with this status, body and headers instead of executing them."""
+        raw = body.encode() if isinstance(body, str) else bytes(body)
+        with self._lock:
+            self._failures.extend([(status, raw, dict(headers or {}))] * n)
+
+    def delay_next(self, n: int = 1, seconds: float = 1.0) -> None:
+        """Wait `seconds` before answering each of the next `n` authorised requests."""
+        with self._lock:
+            self._delays.extend([seconds] * n)
+
+    # -- request handling (called from handler threads) ----------------------------------------
+
+    def admit(self, api_key: str | None, arrived: float) -> tuple[tuple[int, bytes, dict] | None, float]:
+        """Count a request; return (refusal or None to execute it, seconds to stall first)."""
+        with self._lock:
+            self.requests += 1
+            if api_key != self.api_key:
+                self.unauthorized += 1
+                return (401, b"", {}), 0.0
+            retry_after = self._too_soon(arrived)
+            if retry_after is not None:
+                self.throttled += 1
+                return (429, b"rate limited", {"Retry-After": str(retry_after), "Content-Type": "text/plain"}), 0.0
+            self._last_accepted = arrived
+            delay = self._delays.pop(0) if self._delays else 0.0
+            return (self._failures.pop(0) if self._failures else None), delay
+
+    def _too_soon(self, arrived: float) -> int | None:
+        """Whole seconds to put in Retry-After if this request beats the rate; None if it is on time."""
+        if not self.max_requests_per_minute or self._last_accepted is None:
+            return None
+        interval = 60.0 / self.max_requests_per_minute
+        early_by = self._last_accepted + interval - arrived
+        if early_by <= self.tolerance_s:
+            return None
+        return max(1, math.ceil(early_by))
+
+    def execute(self, payload: object) -> tuple[int, dict]:
+        """Run one GraphQL request body; return (HTTP status, JSON answer) as gqlgen would."""
+        if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
+            return 400, {"errors": [{"message": "no query in request body"}], "data": None}
+        variables = payload.get("variables") or {}
+        try:
+            document = parse(payload["query"])
+        except GraphQLError as error:
+            return 422, {"errors": [error.formatted], "data": None}
+        problems = validate(self.schema, document)
+        if problems:
+            return 422, {"errors": [p.formatted for p in problems], "data": None}
+        self._record(payload, document, variables)
+        result = graphql_sync(
+            self.schema, payload["query"], root_value=self._root(), variable_values=variables,
+            operation_name=payload.get("operationName"),
+        )
+        return 200, result.formatted
+
+    def _record(self, payload: dict, document, variables: dict) -> None:
+        """Count the call under its operation name and keep its variables."""
+        name = payload.get("operationName") or _first_operation_name(document) or "anonymous"
+        with self._lock:
+            self.operations[name] += 1
+            self.calls.append({"operation": name, "variables": variables})
+
+    def _root(self) -> dict:
+        """Root resolvers for the Query type."""
+        return {"findScene": self._find_scene, "findScenesBySceneFingerprints": self._find_by_fingerprints}
+
+    def _find_scene(self, _info, id: str):  # noqa: A002 - GraphQL argument name
+        """Resolve findScene."""
+        return self.world.get("scenes", {}).get(id)
+
+    def _find_by_fingerprints(self, _info, fingerprints: list[list[dict]]):
+        """Resolve findScenesBySceneFingerprints: per input list, the scenes carrying any of its hashes."""
+        if len(fingerprints) > MAX_FINGERPRINT_LISTS:
+            raise GraphQLError("too many scenes")
+        return [self._scenes_matching(group) for group in fingerprints]
+
+    def _scenes_matching(self, group: list[dict]) -> list[dict]:
+        """Deduplicated scenes having any fingerprint of the group; MD5 is ignored like StashDB does."""
+        scenes = self.world.get("scenes", {})
+        ids: list[str] = []
+        for fp in group:
+            if fp["algorithm"] == "MD5":
+                continue
+            for scene_id in self.index.get(fingerprint_key(fp["algorithm"], fp["hash"]), ()):
+                if scene_id not in ids:
+                    ids.append(scene_id)
+        return [scenes[i] for i in ids]
+
+
+def _first_operation_name(document) -> str | None:
+    """Name of the first operation in a parsed document."""
+    for definition in document.definitions:
+        name = getattr(definition, "name", None)
+        if getattr(definition, "operation", None) is not None:
+            return name.value if name else None
+    return None
+
+
+class _Server(ThreadingHTTPServer):
+    """Threaded HTTP server that does not wait for idle keep-alive connections on close."""
+
+    daemon_threads = True
+    block_on_close = False
+    fake: FakeStashDB
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """HTTP/1.1 handler for POST /graphql."""
+
+    protocol_version = "HTTP/1.1"
+    timeout = 30
+    server: _Server
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server naming
+        """Authenticate, rate-check, inject faults, then execute the GraphQL request."""
+        arrived = time.monotonic()
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path.split("?")[0].rstrip("/") != "/graphql":
+            self._send(404, b"not found", {"Content-Type": "text/plain"})
+            return
+        fake = self.server.fake
+        refusal, delay = fake.admit(self.headers.get("ApiKey"), arrived)
+        if delay:
+            time.sleep(delay)
+        if refusal is not None:
+            self._send(*refusal)
+            return
+        self._send_json(*fake.execute(_decode(body)))
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+        """Only POST is served."""
+        self._send(405, b"use POST", {"Content-Type": "text/plain", "Allow": "POST"})
+
+    def _send_json(self, status: int, answer: dict) -> None:
+        """Send a JSON answer."""
+        self._send(status, json.dumps(answer).encode(), {"Content-Type": "application/json"})
+
+    def _send(self, status: int, body: bytes, headers: dict) -> None:
+        """Send a complete answer, ignoring clients that already hung up."""
+        try:
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - signature of the base class
+        """Stay quiet; tests read counters instead."""
+
+
+def _decode(body: bytes) -> object:
+    """The JSON request body, or None when it is not JSON."""
+    try:
+        return json.loads(body or b"null")
+    except ValueError:
+        return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve a world file until interrupted, printing one JSON line with the URL when ready."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--world", type=Path, help="JSON file with the world (default: empty world)")
+    parser.add_argument("--api-key", default=DEFAULT_API_KEY)
+    parser.add_argument("--rpm", type=float, default=None, help="enforce this many requests per minute")
+    args = parser.parse_args(argv)
+    world = json.loads(args.world.read_text(encoding="utf-8")) if args.world else {"scenes": {}}
+    fake = FakeStashDB(world, api_key=args.api_key, max_requests_per_minute=args.rpm, host=args.host, port=args.port)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    with fake:
+        print(json.dumps({"url": fake.url}), flush=True)
+        try:
+            stopped.wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
