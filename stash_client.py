@@ -1,0 +1,243 @@
+"""GraphQL access to the local Stash server: connection, retry policy and shared queries.
+
+The plugin sends its own named queries through one ``StashClient.call`` so that every request
+gets the same retry policy (Stash restarting mid-run is survived; a 401 is reported at once).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from tm_errors import SettingsError, StashAuthError, StashError, StashQueryError, StashUnavailable
+
+log = logging.getLogger(__name__)
+
+PLUGIN_ID = "tagManager"
+RETRY_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0)
+RETRYABLE_STATUS = {500, 502, 503, 504}
+TRANSIENT_ERROR_MARKERS = ("database is locked",)
+
+PLUGIN_CONFIG_QUERY = """
+query TagManagerPluginConfig($include: [ID!]) {
+  configuration { plugins(include: $include) }
+}"""
+
+STASH_BOXES_QUERY = """
+query TagManagerStashBoxes {
+  configuration {
+    general { stashBoxes { endpoint api_key name max_requests_per_minute } }
+    scraping { excludeTagPatterns }
+  }
+}"""
+
+
+@dataclass(frozen=True)
+class StashBox:
+    """A stash-box endpoint as configured in Stash (the API key is never printed)."""
+
+    endpoint: str
+    api_key: str
+    name: str
+    max_requests_per_minute: int
+
+    def __repr__(self) -> str:
+        return f"StashBox(endpoint={self.endpoint!r}, name={self.name!r}, max_requests_per_minute={self.max_requests_per_minute})"
+
+
+def stash_base_url(server_connection: Mapping[str, Any]) -> str:
+    """Build Stash's base URL from the plugin input, mapping a 0.0.0.0 bind address to loopback."""
+    scheme = server_connection.get("Scheme") or "http"
+    host = server_connection.get("Host") or "localhost"
+    if host in ("0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    port = server_connection.get("Port") or 9999
+    return f"{scheme}://{host}:{port}"
+
+
+class StashClient:
+    """Sends GraphQL requests to Stash with bounded retries on transient failures."""
+
+    def __init__(
+        self,
+        session: requests.Session,
+        url: str,
+        sleep: Callable[[float], None] = time.sleep,
+        timeout: tuple[float, float] = (5.0, 300.0),
+        backoff: tuple[float, ...] = RETRY_BACKOFF_S,
+    ) -> None:
+        self.session = session
+        self.url = url if url.endswith("/graphql") else url.rstrip("/") + "/graphql"
+        self.sleep = sleep
+        self.timeout = timeout
+        self.backoff = backoff
+        self.requests_sent = 0
+
+    def __repr__(self) -> str:
+        return f"StashClient(url={self.url!r})"
+
+    def call(self, query: str, variables: Mapping[str, Any] | None = None) -> dict:
+        """Run one GraphQL operation and return its ``data``; retries transient failures."""
+        operation = operation_name(query)
+        for attempt in range(len(self.backoff) + 1):
+            failure = self._attempt(query, variables, operation)
+            if isinstance(failure, dict):
+                return failure
+            if attempt == len(self.backoff):
+                raise StashUnavailable(
+                    f"Stash at {self.url} kept failing for {operation} ({failure}). "
+                    "Check that Stash is running and reachable, then run the task again."
+                )
+            delay = self.backoff[attempt]
+            log.warning(f"Stash {operation} failed ({failure}); retrying in {delay:g} s")
+            self.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _attempt(self, query: str, variables: Mapping[str, Any] | None, operation: str) -> dict | str:
+        """Send one request: the data on success, a reason string when worth retrying."""
+        body: dict[str, Any] = {"query": query}
+        if variables:
+            body["variables"] = dict(variables)
+        self.requests_sent += 1
+        try:
+            response = self.session.post(self.url, json=body, timeout=self.timeout)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            return f"{type(exc).__name__}"
+        if response.status_code in (401, 403):
+            raise StashAuthError(
+                f"Stash refused the request (HTTP {response.status_code}) for {operation}. "
+                "The session may have expired: run the task again from Stash, "
+                "or pass a valid --api-key on the command line."
+            )
+        if response.status_code in RETRYABLE_STATUS:
+            return f"HTTP {response.status_code}"
+        return self._parse(response, operation)
+
+    def _parse(self, response: requests.Response, operation: str) -> dict | str:
+        """Turn a response into data, a retry reason, or a StashError."""
+        try:
+            payload = response.json()
+        except ValueError:
+            if response.status_code >= 400:
+                raise StashError(f"Stash answered HTTP {response.status_code} to {operation}.") from None
+            return "malformed response body"
+        errors = payload.get("errors") if isinstance(payload, dict) else None
+        if errors:
+            if any(marker in str(e) for e in errors for marker in TRANSIENT_ERROR_MARKERS):
+                return "database is locked"
+            raise StashQueryError(errors, operation)
+        if response.status_code >= 400:
+            raise StashError(f"Stash answered HTTP {response.status_code} to {operation}.")
+        if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict):
+            return "response without data"
+        return payload["data"]
+
+    def paginate(self, query: str, variables: Mapping[str, Any], result_key: str, list_key: str,
+                 per_page: int = 1000) -> Iterator[list[dict]]:
+        """Yield pages of ``result_key.list_key`` using ``filter.page``/``per_page`` (offset paging)."""
+        page = 1
+        while True:
+            find_filter = dict(variables.get("filter") or {}, page=page, per_page=per_page)
+            data = self.call(query, {**variables, "filter": find_filter})[result_key]
+            items = data[list_key]
+            if items:
+                yield items
+            if len(items) < per_page or page * per_page >= data["count"]:
+                return
+            page += 1
+
+    def plugin_settings(self, plugin_id: str = PLUGIN_ID) -> dict:
+        """Return this plugin's settings as Stash stores them (absent ones are simply missing)."""
+        plugins = self.call(PLUGIN_CONFIG_QUERY, {"include": [plugin_id]})["configuration"]["plugins"] or {}
+        return dict(plugins.get(plugin_id) or {})
+
+    def stash_boxes_and_exclusions(self) -> tuple[list[StashBox], list[str]]:
+        """Return the configured stash-boxes and Stash's scraping tag-exclusion patterns."""
+        config = self.call(STASH_BOXES_QUERY)["configuration"]
+        boxes = [
+            StashBox(b["endpoint"], b.get("api_key") or "", b.get("name") or "", int(b.get("max_requests_per_minute") or 0))
+            for b in config["general"]["stashBoxes"] or []
+        ]
+        return boxes, list(config["scraping"].get("excludeTagPatterns") or [])
+
+
+def operation_name(query: str) -> str:
+    """Return the operation name of a query string (``query Name(...)``), or 'request'."""
+    words = query.replace("(", " ").replace("{", " ").split()
+    for index, word in enumerate(words[:-1]):
+        if word in ("query", "mutation"):
+            return words[index + 1]
+    return "request"
+
+
+def connect(server_connection: Mapping[str, Any], api_key: str | None = None, lean: bool = False) -> StashClient:
+    """Connect to Stash with the session cookie (or an API key); ``lean`` skips stashapi's introspection."""
+    base_url = stash_base_url(server_connection)
+    cookie = (server_connection.get("SessionCookie") or {}).get("Value")
+    if lean:
+        session = requests.Session()
+        if cookie:
+            session.cookies.set((server_connection.get("SessionCookie") or {}).get("Name") or "session", cookie)
+        if api_key:
+            session.headers["ApiKey"] = api_key
+        return StashClient(session, base_url)
+    return _connect_with_stashapi(server_connection, base_url, api_key)
+
+
+def _connect_with_stashapi(server_connection: Mapping[str, Any], base_url: str, api_key: str | None) -> StashClient:
+    """Build a ``stashapi.StashInterface`` and reuse its authenticated HTTP session."""
+    from stashapi.stashapp import StashInterface
+
+    conn = dict(server_connection)
+    conn["Logger"] = _QuietStashapiLogger()
+    if api_key:
+        conn["ApiKey"] = api_key
+    try:
+        stash = StashInterface(conn)
+    except requests.RequestException as exc:
+        raise StashUnavailable(
+            f"Could not reach Stash at {base_url} ({type(exc).__name__}). Check that Stash is running."
+        ) from None
+    except Exception as exc:  # stashapi raises bare Exception on HTTP errors
+        if "401" in str(exc) or "403" in str(exc):
+            raise StashAuthError(
+                f"Stash at {base_url} refused the credentials. Run the task from Stash, or pass a valid --api-key."
+            ) from None
+        raise StashUnavailable(f"Could not connect to Stash at {base_url}: {exc}") from None
+    return StashClient(stash.s, base_url)
+
+
+class _QuietStashapiLogger:
+    """Routes stashapi's own log calls into this plugin's logging (so redaction applies)."""
+
+    def __getattr__(self, level: str) -> Callable[[Any], None]:
+        mapped = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.DEBUG,
+                  "warning": logging.WARNING, "error": logging.DEBUG, "progress": None}.get(level, logging.DEBUG)
+        if mapped is None:
+            return lambda *_: None
+        return lambda message, *_: log.log(mapped, f"stashapi: {message}")
+
+
+def select_stash_box(boxes: list[StashBox], wanted_endpoint: str = "") -> StashBox:
+    """Pick the configured stash-box: the one named by the setting, else stashdb.org, else the first."""
+    if not boxes:
+        raise SettingsError(
+            "No stash-box is configured in Stash. Add StashDB under Settings › Metadata Providers › "
+            "Stash-box Endpoints, then run the task again."
+        )
+    if wanted_endpoint:
+        wanted = wanted_endpoint.strip().rstrip("/").lower()
+        for box in boxes:
+            if box.endpoint.strip().rstrip("/").lower() == wanted or box.name.strip().lower() == wanted:
+                return box
+        known = ", ".join(b.endpoint for b in boxes)
+        raise SettingsError(
+            f"Setting stashBoxEndpoint is {wanted_endpoint!r}, which is not a stash-box configured in Stash "
+            f"(configured: {known}). Fix the setting or clear it to use StashDB."
+        )
+    return next((b for b in boxes if "stashdb.org" in b.endpoint.lower()), boxes[0])

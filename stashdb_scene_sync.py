@@ -1,0 +1,527 @@
+"""StashDB scene tag sync: give linked scenes the tags StashDB has for them, merge-only.
+
+The run, in order:
+  1. Build a ``TagMatcher`` once from every local tag (StashID link, then name, then alias).
+  2. Snapshot the ids of the scenes linked to the endpoint, oldest ``updated_at`` first.
+  3. Pass 1 asks StashDB 40 scenes per request by fingerprint; a hit counts only when its id
+     is the scene's linked id. Pass 2 looks the rest up by id, one request each.
+  4. Tags to add are grouped by identical tag set and written with ``bulkSceneUpdate`` in
+     ``ADD`` mode, so a tag that someone adds while the sync runs is never lost.
+A dry run sends no mutation, stops after ``PREVIEW_LIMIT`` scenes and writes a CSV report.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import string
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from settings import TagBlacklist
+from stash_client import StashBox, StashClient
+from stashdb_api import (
+    MAX_FINGERPRINT_LISTS,
+    Fingerprint,
+    StashDBClient,
+    StashDBScene,
+    StashDBTag,
+    fingerprints_from_stash_files,
+)
+from tm_errors import AuthError, StashAuthError, StashDBError, StashError, StashUnavailable
+
+log = logging.getLogger(__name__)
+
+PREVIEW_LIMIT = 200
+SCENE_ID_PAGE_SIZE = 5000
+TAG_PAGE_SIZE = 1000
+MUTATION_CHUNK = 500
+FLUSH_INTERVAL_S = 120.0
+MAX_CONSECUTIVE_STASHDB_FAILURES = 5
+UNMATCHED_NAMES_KEPT = 100
+FAILED = object()  # a StashDB request that failed for good and was skipped
+ASCII_FOLD = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+ALL_TAGS_QUERY = """
+query TagSyncTags($filter: FindFilterType) {
+  findTags(filter: $filter) { count tags { id name aliases stash_ids { endpoint stash_id } } }
+}"""
+
+LINKED_SCENE_IDS_QUERY = """
+query TagSyncLinkedSceneIds($scene_filter: SceneFilterType, $filter: FindFilterType) {
+  findScenes(scene_filter: $scene_filter, filter: $filter) { count scenes { id } }
+}"""
+
+SCENE_DETAILS_QUERY = """
+query TagSyncScenes($ids: [ID!], $filter: FindFilterType) {
+  findScenes(ids: $ids, filter: $filter) {
+    scenes { id title tags { id } stash_ids { endpoint stash_id } files { fingerprints { type value } } }
+  }
+}"""
+
+ADD_TAGS_MUTATION = """
+mutation TagSyncAddTags($input: BulkSceneUpdateInput!) {
+  bulkSceneUpdate(input: $input) { id }
+}"""
+
+
+def fold_case(text: str) -> str:
+    """Lower-case ASCII letters only, as SQLite's NOCASE/LIKE do in Stash."""
+    return text.translate(ASCII_FOLD)
+
+
+@dataclass(frozen=True)
+class LocalTag:
+    """A Stash tag as the matcher needs it."""
+
+    id: int
+    name: str
+
+
+class TagMatcher:
+    """Matches StashDB tags to local tags the way Stash's Tagger does."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.by_stash_id: dict[str, LocalTag] = {}
+        self.by_name: dict[str, LocalTag] = {}
+        self.by_alias: dict[str, LocalTag] = {}
+
+    @classmethod
+    def from_local_tags(cls, tags: Iterable[dict], endpoint: str) -> TagMatcher:
+        """Index local tags (dicts with id, name, aliases, stash_ids) for one endpoint."""
+        matcher = cls(endpoint)
+        for tag in tags:
+            matcher.add(tag)
+        return matcher
+
+    def add(self, tag: dict) -> None:
+        """Index one local tag, keeping the lowest id for every key."""
+        local = LocalTag(int(tag["id"]), tag["name"])
+        for stash_id in tag.get("stash_ids") or []:
+            if stash_id.get("endpoint") == self.endpoint:
+                keep_lowest(self.by_stash_id, stash_id["stash_id"], local)
+        keep_lowest(self.by_name, fold_case(local.name), local)
+        for alias in tag.get("aliases") or []:
+            keep_lowest(self.by_alias, fold_case(alias), local)
+
+    def match(self, remote: StashDBTag) -> LocalTag | None:
+        """Return the local tag for a StashDB tag: StashID link, then name, then alias."""
+        linked = self.by_stash_id.get(remote.id)
+        if linked is not None:
+            return linked
+        key = fold_case(remote.name)
+        return self.by_name.get(key) or self.by_alias.get(key)
+
+
+def keep_lowest(index: dict[str, LocalTag], key: str, tag: LocalTag) -> None:
+    """Store ``tag`` under ``key`` unless a tag with a lower id is there already."""
+    current = index.get(key)
+    if current is None or tag.id < current.id:
+        index[key] = tag
+
+
+@dataclass(frozen=True)
+class TagSyncResult:
+    """What one scene tag sync run did (or, in a dry run, would do)."""
+
+    dry_run: bool
+    endpoint: str
+    scenes_seen: int = 0
+    matched_by_fingerprint: int = 0
+    matched_by_id: int = 0
+    not_found: int = 0
+    deleted_on_stashdb: int = 0
+    scenes_updated: int = 0
+    tags_added: int = 0
+    tags_unmatched: int = 0
+    tags_blacklisted: int = 0
+    tags_deleted_on_stashdb: int = 0
+    errors: int = 0
+    stashdb_requests: int = 0
+    stash_mutations: int = 0
+    elapsed_s: float = 0.0
+    report_path: str | None = None
+    unmatched_tag_names: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        verb = "would update" if self.dry_run else "updated"
+        text = (
+            f"Scene tag sync ({'preview' if self.dry_run else 'applied'}) against {self.endpoint}: "
+            f"{self.scenes_seen} linked scenes, {self.matched_by_fingerprint} matched by fingerprint, "
+            f"{self.matched_by_id} by id, {self.not_found} not found, {self.deleted_on_stashdb} deleted on StashDB; "
+            f"{verb} {self.scenes_updated} scenes with {self.tags_added} tags; "
+            f"{self.tags_unmatched} tags unmatched, {self.tags_blacklisted} blacklisted, "
+            f"{self.tags_deleted_on_stashdb} deleted on StashDB; {self.errors} errors; "
+            f"{self.stashdb_requests} StashDB requests, {self.stash_mutations} Stash mutations in {self.elapsed_s:.1f} s."
+        )
+        if self.report_path:
+            text += f" Report: {self.report_path}"
+        return text
+
+
+@dataclass
+class SceneWork:
+    """One local scene on its way through the passes."""
+
+    id: int
+    title: str
+    linked_ids: tuple[str, ...]
+    tag_ids: frozenset[int]
+    fingerprints: tuple[Fingerprint, ...]
+
+
+@dataclass
+class SceneOutcome:
+    """Tags one scene gains and what could not be used (for the log and the report)."""
+
+    add: tuple[LocalTag, ...]
+    unmatched: tuple[str, ...]
+    blacklisted: int
+    deleted: int
+
+
+@dataclass
+class SyncCounters:
+    """Mutable tallies of a run; frozen into a ``TagSyncResult`` at the end."""
+
+    scenes_seen: int = 0
+    matched_by_fingerprint: int = 0
+    matched_by_id: int = 0
+    not_found: int = 0
+    deleted_on_stashdb: int = 0
+    scenes_updated: int = 0
+    tags_added: int = 0
+    tags_unmatched: int = 0
+    tags_blacklisted: int = 0
+    tags_deleted_on_stashdb: int = 0
+    errors: int = 0
+    stash_mutations: int = 0
+    unmatched_names: Counter = field(default_factory=Counter)
+
+
+class TagWriter:
+    """Groups scenes by the tag set they gain and writes each group with ADD-mode bulk updates."""
+
+    def __init__(self, stash: StashClient, counters: SyncCounters, clock: Callable[[], float],
+                 chunk: int = MUTATION_CHUNK, flush_interval_s: float = FLUSH_INTERVAL_S) -> None:
+        self.stash = stash
+        self.counters = counters
+        self.clock = clock
+        self.chunk = chunk
+        self.flush_interval_s = flush_interval_s
+        self.pending: dict[frozenset[int], list[int]] = {}
+        self.oldest_pending: float | None = None
+
+    def add(self, scene_id: int, tag_ids: frozenset[int]) -> None:
+        """Queue ``tag_ids`` for a scene; write a group once it fills a mutation or waits too long."""
+        group = self.pending.setdefault(tag_ids, [])
+        group.append(scene_id)
+        if self.oldest_pending is None:
+            self.oldest_pending = self.clock()
+        if len(group) >= self.chunk:
+            self.write(tag_ids, self.pending.pop(tag_ids))
+        elif self.clock() - self.oldest_pending >= self.flush_interval_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every pending group."""
+        while self.pending:
+            tag_ids, scene_ids = self.pending.popitem()
+            self.write(tag_ids, scene_ids)
+        self.oldest_pending = None
+
+    def write(self, tag_ids: frozenset[int], scene_ids: list[int]) -> None:
+        """Add ``tag_ids`` to ``scene_ids`` in one mutation; a rejected group is logged and counted."""
+        variables = {"input": {"ids": [str(i) for i in scene_ids],
+                               "tag_ids": {"ids": [str(t) for t in sorted(tag_ids)], "mode": "ADD"}}}
+        try:
+            self.stash.call(ADD_TAGS_MUTATION, variables)
+        except (StashAuthError, StashUnavailable):
+            raise
+        except StashError as exc:
+            self.counters.errors += 1
+            log.error(f"Stash rejected adding {len(tag_ids)} tags to {len(scene_ids)} scenes: {exc}")
+            return
+        finally:
+            self.counters.stash_mutations += 1
+        self.counters.scenes_updated += len(scene_ids)
+        self.counters.tags_added += len(tag_ids) * len(scene_ids)
+        log.debug(f"Added {len(tag_ids)} tags to {len(scene_ids)} scenes")
+
+
+class SceneTagSync:
+    """One run of the scene tag sync; ``run()`` returns its ``TagSyncResult``."""
+
+    def __init__(self, stash: StashClient, stashdb: StashDBClient, box: StashBox, blacklist: TagBlacklist,
+                 dry_run: bool, report_dir: Path, progress: Callable[[float], None] = lambda f: None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+        self.stash = stash
+        self.stashdb = stashdb
+        self.endpoint = box.endpoint
+        self.blacklist = blacklist
+        self.dry_run = dry_run
+        self.report_dir = report_dir
+        self.progress = progress
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.counters = SyncCounters()
+        self.writer = TagWriter(stash, self.counters, clock)
+        self.preview_rows: list[list[str]] = []
+        self.matcher = TagMatcher(self.endpoint)
+        self.total_units = 0
+        self.done_units = 0
+        self.stashdb_failures_in_a_row = 0
+
+    def run(self) -> TagSyncResult:
+        """Match, look up and write; flush pending writes even when StashDB fails for good."""
+        started = self.clock()
+        self.matcher = load_tag_matcher(self.stash, self.endpoint)
+        scene_ids = linked_scene_ids(self.stash, self.endpoint)
+        if self.dry_run:
+            scene_ids = scene_ids[:PREVIEW_LIMIT]
+        log.info(f"{len(scene_ids)} scenes linked to {self.endpoint} to check"
+                 + (f" (preview limited to {PREVIEW_LIMIT})" if self.dry_run else ""))
+        self.total_units = len(scene_ids)
+        try:
+            fallbacks = self.fingerprint_pass(scene_ids)
+            self.id_pass(fallbacks)
+        finally:
+            if not self.dry_run:
+                self.writer.flush()
+        report_path = self.write_report() if self.dry_run else None
+        self.progress(1.0)
+        return self.result(self.clock() - started, report_path)
+
+    def fingerprint_pass(self, scene_ids: Sequence[int]) -> list[SceneWork]:
+        """Pass 1: look scenes up 40 at a time by fingerprint; return those needing pass 2."""
+        fallbacks: list[SceneWork] = []
+        for batch_ids in chunked(scene_ids, MAX_FINGERPRINT_LISTS):
+            scenes = self.fetch_scenes(batch_ids)
+            self.counters.scenes_seen += len(scenes)
+            with_prints = [s for s in scenes if s.fingerprints and s.linked_ids]
+            fallbacks.extend(s for s in scenes if not s.fingerprints and s.linked_ids)
+            fallbacks.extend(self.match_batch(with_prints))
+            self.advance(len(batch_ids))
+        log.info(f"Fingerprint pass done: {self.counters.matched_by_fingerprint} matched, "
+                 f"{len(fallbacks)} left for lookup by id")
+        self.total_units = len(scene_ids) + len(fallbacks)
+        return fallbacks
+
+    def fetch_scenes(self, batch_ids: Sequence[int]) -> list[SceneWork]:
+        """Read one batch of scenes from Stash; a failed read is logged, counted and skipped."""
+        variables = {"ids": [str(i) for i in batch_ids], "filter": {"per_page": -1}}
+        try:
+            data = self.stash.call(SCENE_DETAILS_QUERY, variables)
+        except (StashAuthError, StashUnavailable):
+            raise
+        except StashError as exc:
+            self.counters.errors += 1
+            log.error(f"Could not read scenes {batch_ids[0]}..{batch_ids[-1]} from Stash, skipped: {exc}")
+            return []
+        return [scene_work(s, self.endpoint) for s in data["findScenes"]["scenes"]]
+
+    def match_batch(self, scenes: list[SceneWork]) -> list[SceneWork]:
+        """Send one fingerprint request; apply hits on the linked id and return the rest."""
+        if not scenes:
+            return []
+        results = self.ask_stashdb(lambda: self.stashdb.find_scenes_by_fingerprints([s.fingerprints for s in scenes]))
+        if results is FAILED:
+            return []
+        rest = []
+        for scene, candidates in zip(scenes, results):
+            hit = next((c for c in candidates if c is not None and c.id in scene.linked_ids), None)
+            if hit is None:
+                rest.append(scene)
+                continue
+            self.counters.matched_by_fingerprint += 1
+            self.apply(scene, hit, "fingerprint")
+        return rest
+
+    def id_pass(self, fallbacks: list[SceneWork]) -> None:
+        """Pass 2: look each remaining scene up by its linked StashDB id."""
+        for scene in fallbacks:
+            remote = self.find_linked(scene)
+            self.advance(1)
+            if remote is None:
+                continue
+            if remote.deleted:
+                self.counters.deleted_on_stashdb += 1
+                log.warning(f"Scene {scene.id} ({scene.title!r}) is linked to StashDB scene {remote.id}, "
+                            "which is deleted on StashDB; left alone")
+                continue
+            self.counters.matched_by_id += 1
+            self.apply(scene, remote, "id")
+
+    def find_linked(self, scene: SceneWork) -> StashDBScene | None:
+        """Return the first StashDB scene found among the scene's linked ids (counts misses)."""
+        failed = False
+        for stashdb_id in scene.linked_ids:
+            remote = self.ask_stashdb(lambda: self.stashdb.find_scene(stashdb_id))
+            if remote is FAILED:
+                failed = True
+            elif remote is not None:
+                return remote
+        if not failed:
+            self.counters.not_found += 1
+            log.warning(f"Scene {scene.id} ({scene.title!r}) is linked to {', '.join(scene.linked_ids)}, "
+                        "which StashDB does not have; left alone")
+        return None
+
+    def ask_stashdb(self, request: Callable[[], object]):
+        """Run one StashDB request; a failure is logged, counted and answered with FAILED."""
+        try:
+            answer = request()
+        except AuthError:
+            raise
+        except StashDBError as exc:
+            self.counters.errors += 1
+            self.stashdb_failures_in_a_row += 1
+            log.error(f"StashDB request failed, skipped: {exc}")
+            if self.stashdb_failures_in_a_row >= MAX_CONSECUTIVE_STASHDB_FAILURES:
+                raise type(exc)(f"StashDB failed {self.stashdb_failures_in_a_row} times in a row ({exc}). "
+                                "Check that StashDB is reachable and run the task again.") from None
+            return FAILED
+        self.stashdb_failures_in_a_row = 0
+        return answer
+
+    def apply(self, scene: SceneWork, remote: StashDBScene, how: str) -> None:
+        """Work out the tags a matched scene gains and queue (or preview) them."""
+        outcome = self.outcome(scene, remote)
+        if outcome.add:
+            names = ", ".join(t.name for t in outcome.add)
+            if self.dry_run:
+                log.info(f"Scene {scene.id} ({scene.title!r}) would gain: {names}")
+                self.counters.scenes_updated += 1
+                self.counters.tags_added += len(outcome.add)
+            else:
+                log.debug(f"Scene {scene.id} gains {names} (matched by {how})")
+                self.writer.add(scene.id, frozenset(t.id for t in outcome.add))
+        if self.dry_run and (outcome.add or outcome.unmatched):
+            self.preview_rows.append([str(scene.id), scene.title, remote.id, how,
+                                      "; ".join(t.name for t in outcome.add), "; ".join(outcome.unmatched)])
+
+    def outcome(self, scene: SceneWork, remote: StashDBScene) -> SceneOutcome:
+        """Classify each StashDB tag of a scene: to add, already there, unmatched, blacklisted, deleted."""
+        add: dict[int, LocalTag] = {}
+        unmatched: list[str] = []
+        blacklisted = deleted = 0
+        for remote_tag in remote.tags:
+            if remote_tag.deleted:
+                deleted += 1
+                continue
+            if self.blacklist.matches(remote_tag.name):
+                blacklisted += 1
+                continue
+            local = self.matcher.match(remote_tag)
+            if local is None:
+                unmatched.append(remote_tag.name)
+            elif self.blacklist.matches(local.name):
+                blacklisted += 1
+            elif local.id not in scene.tag_ids:
+                add[local.id] = local
+        self.count_outcome(unmatched, blacklisted, deleted)
+        return SceneOutcome(tuple(add.values()), tuple(unmatched), blacklisted, deleted)
+
+    def count_outcome(self, unmatched: list[str], blacklisted: int, deleted: int) -> None:
+        """Add one scene's skipped tags to the run's tallies."""
+        self.counters.tags_unmatched += len(unmatched)
+        self.counters.unmatched_names.update(unmatched)
+        self.counters.tags_blacklisted += blacklisted
+        self.counters.tags_deleted_on_stashdb += deleted
+
+    def advance(self, units: int) -> None:
+        """Move the progress bar over both passes."""
+        self.done_units += units
+        if self.total_units:
+            self.progress(min(self.done_units / self.total_units, 0.999))
+
+    def write_report(self) -> str:
+        """Write the preview as CSV under the report folder (atomically) and return its path."""
+        self.report_dir.mkdir(parents=True, exist_ok=True)
+        stamp = self.wall_clock().astimezone().strftime("%Y%m%d-%H%M%S")
+        path = unique_path(self.report_dir / f"scene_tag_preview_{stamp}.csv")
+        partial = path.with_suffix(".csv.partial")
+        with partial.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["scene_id", "title", "stashdb_id", "matched_by", "tags_to_add", "tags_unmatched"])
+            writer.writerows(self.preview_rows)
+        os.replace(partial, path)
+        log.info(f"Preview report written to {path}")
+        return str(path)
+
+    def result(self, elapsed_s: float, report_path: str | None) -> TagSyncResult:
+        """Freeze the counters into the run's result."""
+        c = self.counters
+        return TagSyncResult(
+            dry_run=self.dry_run, endpoint=self.endpoint, scenes_seen=c.scenes_seen,
+            matched_by_fingerprint=c.matched_by_fingerprint, matched_by_id=c.matched_by_id,
+            not_found=c.not_found, deleted_on_stashdb=c.deleted_on_stashdb, scenes_updated=c.scenes_updated,
+            tags_added=c.tags_added, tags_unmatched=c.tags_unmatched, tags_blacklisted=c.tags_blacklisted,
+            tags_deleted_on_stashdb=c.tags_deleted_on_stashdb, errors=c.errors,
+            stashdb_requests=self.stashdb.requests_sent, stash_mutations=c.stash_mutations,
+            elapsed_s=round(elapsed_s, 3), report_path=report_path,
+            unmatched_tag_names=tuple(name for name, _ in c.unmatched_names.most_common(UNMATCHED_NAMES_KEPT)),
+        )
+
+
+def scene_work(scene: dict, endpoint: str) -> SceneWork:
+    """Turn a Stash scene into the pieces the passes need."""
+    linked = tuple(dict.fromkeys(s["stash_id"] for s in scene.get("stash_ids") or [] if s.get("endpoint") == endpoint))
+    return SceneWork(
+        id=int(scene["id"]),
+        title=scene.get("title") or "",
+        linked_ids=linked,
+        tag_ids=frozenset(int(t["id"]) for t in scene.get("tags") or []),
+        fingerprints=tuple(fingerprints_from_stash_files(scene.get("files") or [])),
+    )
+
+
+def load_tag_matcher(stash: StashClient, endpoint: str) -> TagMatcher:
+    """Read every local tag once, page by page, into a matcher."""
+    matcher = TagMatcher(endpoint)
+    count = 0
+    for page in stash.paginate(ALL_TAGS_QUERY, {"filter": {"sort": "id", "direction": "ASC"}},
+                               "findTags", "tags", per_page=TAG_PAGE_SIZE):
+        for tag in page:
+            matcher.add(tag)
+        count += len(page)
+    log.info(f"Indexed {count} local tags for matching")
+    return matcher
+
+
+def linked_scene_ids(stash: StashClient, endpoint: str) -> list[int]:
+    """Snapshot the ids of scenes linked to ``endpoint``, least recently updated first.
+
+    Only ids are kept: the sync's own writes move scenes to the end of an ``updated_at`` order,
+    so paging through full scenes while writing would skip some.
+    """
+    variables = {
+        "scene_filter": {"stash_id_endpoint": {"endpoint": endpoint, "modifier": "NOT_NULL"}},
+        "filter": {"sort": "updated_at", "direction": "ASC"},
+    }
+    ids: dict[int, None] = {}
+    for page in stash.paginate(LINKED_SCENE_IDS_QUERY, variables, "findScenes", "scenes", per_page=SCENE_ID_PAGE_SIZE):
+        ids.update((int(s["id"]), None) for s in page)
+    return list(ids)
+
+
+def chunked(items: Sequence, size: int) -> Iterator[Sequence]:
+    """Yield consecutive slices of at most ``size`` items."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def unique_path(path: Path) -> Path:
+    """Return ``path``, or the same name with a counter when it exists already."""
+    candidate, counter = path, 1
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}-{counter}{path.suffix}")
+        counter += 1
+    return candidate

@@ -1,0 +1,210 @@
+"""tagManager entry point: run by Stash as a plugin task (JSON on stdin) or from a shell.
+
+Stash:  python tag_manager.py   < {"server_connection": {...}, "args": {"mode": "sync_scene_tags"}}
+Shell:  python tag_manager.py sync_scene_tags --stash-url http://host:9999 [--api-key KEY] [--dry-run]
+
+Exactly one JSON document goes to stdout: {"output": <summary>} or {"error": "<what and what to do>"}.
+Logs and progress go to stderr (Stash's protocol as a plugin, plain text on a terminal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import plugin_log
+from settings import Settings
+from tm_errors import SettingsError, TagManagerError
+
+PLUGIN_DIR = Path(__file__).resolve().parent
+RUNTIME_REQUIREMENTS = ("requests", "stashapi")
+TRUE_WORDS = {"true", "1", "yes", "on"}
+
+log = logging.getLogger(plugin_log.LOGGER_NAME)
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One parsed request to run a mode, from Stash's stdin or from the command line."""
+
+    mode: str
+    args: Mapping[str, Any]
+    server_connection: Mapping[str, Any]
+    terminal: bool = False
+    api_key: str | None = None
+    plugin_dir: Path = PLUGIN_DIR
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every mode receives: a Stash client, the settings, the task args and a progress sink."""
+
+    stash: Any
+    settings: Settings
+    args: Mapping[str, Any]
+    plugin_dir: Path
+    progress: Callable[[float], None] = field(default=lambda f: None)
+
+
+def parse_stdin(text: str) -> Invocation:
+    """Parse the JSON document Stash writes to a raw plugin's stdin."""
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise SettingsError(f"The plugin input is not valid JSON ({exc.msg}). Run the task from Stash's Tasks page.") from None
+    if not isinstance(document, dict) or not isinstance(document.get("server_connection"), dict):
+        raise SettingsError("The plugin input has no server_connection. Run the task from Stash's Tasks page.")
+    args = document.get("args") or {}
+    if not isinstance(args, dict):
+        raise SettingsError("The plugin input's args must be an object.")
+    connection = document["server_connection"]
+    plugin_dir = Path(connection.get("PluginDir") or PLUGIN_DIR)
+    return Invocation(mode=str(args.get("mode") or ""), args=args, server_connection=connection, plugin_dir=plugin_dir)
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    """The command-line interface for power users and cron."""
+    parser = argparse.ArgumentParser(prog="tag_manager.py", description="tagManager for Stash, from a shell.")
+    parser.add_argument("mode", choices=sorted(MODES), help="what to run")
+    parser.add_argument("--stash-url", default=os.environ.get("STASH_URL", "http://localhost:9999"),
+                        help="Stash's address (default: $STASH_URL or http://localhost:9999)")
+    parser.add_argument("--api-key", default=None, help="Stash API key (default: $STASH_API_KEY)")
+    parser.add_argument("--dry-run", action="store_true", help="preview only: change nothing")
+    parser.add_argument("--since", default=None, help="cache_incremental_sync: RFC3339 time to sync from")
+    parser.add_argument("--id", default=None, help="cache_sync_scene: the scene id")
+    return parser
+
+
+def parse_command_line(argv: list[str]) -> Invocation:
+    """Parse ``tag_manager.py MODE --stash-url URL ...`` into an invocation."""
+    options = build_arg_parser().parse_args(argv)
+    url = urlsplit(options.stash_url if "://" in options.stash_url else f"http://{options.stash_url}")
+    connection = {"Scheme": url.scheme or "http", "Host": url.hostname or "localhost", "Port": url.port or 9999}
+    args: dict[str, Any] = {"mode": options.mode}
+    if options.dry_run:
+        args["dry_run"] = "true"
+    for name in ("since", "id"):
+        if getattr(options, name) is not None:
+            args[name] = getattr(options, name)
+    api_key = options.api_key or os.environ.get("STASH_API_KEY") or None
+    return Invocation(mode=options.mode, args=args, server_connection=connection, terminal=True, api_key=api_key)
+
+
+def is_true(value: Any) -> bool:
+    """Read a task argument that Stash passes as text ("true") or a JSON boolean."""
+    return value is True or str(value).strip().lower() in TRUE_WORDS
+
+
+def run_sync_scene_tags(ctx: RunContext):
+    """Mode ``sync_scene_tags``: StashDB tags onto linked scenes (or a preview of it)."""
+    from settings import TagBlacklist
+    from stash_client import select_stash_box
+    from stashdb_api import StashDBClient, TokenBucket, effective_rate_per_minute
+    from stashdb_scene_sync import SceneTagSync
+
+    boxes, exclude_patterns = ctx.stash.stash_boxes_and_exclusions()
+    for box in boxes:
+        plugin_log.redactor.add(box.api_key)
+    box = select_stash_box(boxes, ctx.settings.stash_box_endpoint)
+    blacklist = TagBlacklist.parse(ctx.settings.tag_blacklist, exclude_patterns)
+    rate_per_minute = effective_rate_per_minute(box.max_requests_per_minute, ctx.settings.max_requests_per_minute)
+    stashdb = StashDBClient(box.endpoint, box.api_key, TokenBucket(rate_per_minute / 60.0))
+    dry_run = ctx.settings.sync_dry_run or is_true(ctx.args.get("dry_run"))
+    log.info(f"Syncing scene tags from {box.endpoint} at up to {rate_per_minute:g} requests/min"
+             + (" (dry run)" if dry_run else ""))
+    sync = SceneTagSync(ctx.stash, stashdb, box, blacklist, dry_run, ctx.plugin_dir / "reports", progress=ctx.progress)
+    return sync.run()
+
+
+def run_cache_mode(kind: str) -> Callable[[RunContext], Any]:
+    """Build the runner of one cache sync mode (full, incremental or smart)."""
+
+    def run(ctx: RunContext):
+        import local_cache
+
+        db_path = Path(ctx.settings.cache_db_path) if ctx.settings.cache_db_path else local_cache.default_cache_path(ctx.plugin_dir)
+        if kind == "full":
+            return local_cache.cache_full_sync(ctx.stash, db_path, progress=ctx.progress)
+        if kind == "incremental":
+            return local_cache.cache_incremental_sync(ctx.stash, db_path, since=ctx.args.get("since") or None, progress=ctx.progress)
+        return local_cache.cache_smart_sync(ctx.stash, db_path, progress=ctx.progress)
+
+    run.__doc__ = f"Mode ``cache_{kind}_sync``: bring the sidecar cache up to date."
+    return run
+
+
+MODES: dict[str, Callable[[RunContext], Any]] = {
+    "sync_scene_tags": run_sync_scene_tags,
+    "cache_full_sync": run_cache_mode("full"),
+    "cache_incremental_sync": run_cache_mode("incremental"),
+    "cache_smart_sync": run_cache_mode("smart"),
+}
+
+
+def check_runtime_dependencies() -> None:
+    """Fail with the pip command to run when a runtime dependency is missing."""
+    import importlib.util
+
+    missing = [name for name in RUNTIME_REQUIREMENTS if importlib.util.find_spec(name) is None]
+    if missing:
+        packages = " ".join("stashapp-tools" if m == "stashapi" else m for m in missing)
+        raise SettingsError(
+            f"Missing Python package(s) for tagManager: {', '.join(missing)}. Install them into the Python "
+            f"that Stash uses: {sys.executable} -m pip install {packages}"
+        )
+
+
+def execute(invocation: Invocation, progress: Callable[[float], None]) -> Any:
+    """Connect to Stash, read the settings and run the requested mode."""
+    if invocation.mode not in MODES:
+        raise SettingsError(f"Unknown mode {invocation.mode!r}. Known modes: {', '.join(sorted(MODES))}.")
+    check_runtime_dependencies()
+    import stash_client
+
+    plugin_log.redactor.add(invocation.api_key)
+    plugin_log.redactor.add((invocation.server_connection.get("SessionCookie") or {}).get("Value"))
+    stash = stash_client.connect(invocation.server_connection, api_key=invocation.api_key)
+    settings = Settings.from_plugin_config(stash.plugin_settings())
+    ctx = RunContext(stash, settings, invocation.args, invocation.plugin_dir, progress)
+    return MODES[invocation.mode](ctx)
+
+
+def to_output(result: Any) -> Any:
+    """Turn a mode's result into JSON-ready data."""
+    return asdict(result) if is_dataclass(result) else result
+
+
+def main(argv: list[str] | None = None, stdin_text: str | None = None) -> int:
+    """Run one invocation and print exactly one JSON document; return the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    terminal = bool(argv)
+    progress = plugin_log.configure(terminal=terminal)
+    try:
+        invocation = parse_command_line(argv) if terminal else parse_stdin(sys.stdin.read() if stdin_text is None else stdin_text)
+        result = execute(invocation, progress.report)
+    except TagManagerError as exc:
+        message = plugin_log.redactor.redact(str(exc))
+        log.error(message)
+        print(json.dumps({"error": message}))
+        return 1
+    except Exception as exc:  # a bug: still answer Stash with one JSON document
+        message = plugin_log.redactor.redact(f"Unexpected {type(exc).__name__}: {exc}")
+        log.error(message + "\n" + plugin_log.redactor.redact(traceback.format_exc()))
+        print(json.dumps({"error": message}))
+        return 1
+    log.info(plugin_log.redactor.redact(str(result)))
+    print(json.dumps({"output": to_output(result)}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
