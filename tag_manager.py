@@ -10,6 +10,7 @@ Logs and progress go to stderr (Stash's protocol as a plugin, plain text on a te
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from urllib.parse import urlsplit
 
 import plugin_log
 from settings import Settings
-from tm_errors import SettingsError, TagManagerError
+from tm_errors import RunLockedError, SettingsError, TagManagerError
 
 PLUGIN_DIR = Path(__file__).resolve().parent
 RUNTIME_REQUIREMENTS = ("requests", "stashapi")
@@ -122,7 +123,25 @@ def run_sync_scene_tags(ctx: RunContext):
     log.info(f"Syncing scene tags from {box.endpoint} at up to {rate_per_minute:g} requests/min"
              + (" (dry run)" if dry_run else ""))
     sync = SceneTagSync(ctx.stash, stashdb, box, blacklist, dry_run, ctx.plugin_dir / "reports", progress=ctx.progress)
-    return sync.run()
+    if dry_run:
+        return sync.run()
+    with single_run(ctx.plugin_dir / "data" / "scene_tag_sync.lock", "A scene tag sync"):
+        return sync.run()
+
+
+@contextlib.contextmanager
+def single_run(lock_path: Path, job: str):
+    """Refuse to start while another process runs the same job (the OS drops the lock on SIGKILL)."""
+    import run_lock
+
+    try:
+        with run_lock.exclusive(lock_path):
+            yield
+    except run_lock.LockHeld as held:
+        raise RunLockedError(
+            f"{job} is already running (process {held}); this run changed nothing. "
+            "Wait for it to finish, or cancel it in Stash's Tasks page, then run again."
+        ) from None
 
 
 def run_cache_mode(kind: str) -> Callable[[RunContext], Any]:

@@ -2,6 +2,7 @@
 
     TagManagerError
     ├── SettingsError              a plugin setting or task argument is invalid
+    ├── RunLockedError             the same job is already running
     ├── StashError                 talking to the local Stash server failed
     │   ├── StashAuthError         Stash refused the session cookie / API key
     │   ├── StashUnavailable       Stash could not be reached after retries
@@ -25,6 +26,10 @@ class TagManagerError(Exception):
 
 class SettingsError(TagManagerError):
     """A plugin setting or task argument has a value the plugin cannot use."""
+
+
+class RunLockedError(TagManagerError):
+    """The same job is already running against this Stash; this run changed nothing."""
 
 
 class StashError(TagManagerError):

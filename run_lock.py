@@ -1,0 +1,58 @@
+"""One run at a time: an OS file lock that the kernel drops when its process dies.
+
+Stash cancels a task with SIGKILL, so a lock must never depend on cleanup code: ``flock`` (or
+``msvcrt.locking`` on Windows) is released by the OS with the process, so a lock left by a killed
+run is never stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+    import msvcrt
+
+
+class LockHeld(Exception):
+    """Another live process holds the lock."""
+
+
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive, non-blocking lock on an open file; False when someone else holds it."""
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except OSError:
+        return False
+    return True
+
+
+def holder_pid(path: Path) -> str:
+    """The pid the current holder wrote into the lock file ('?' when unknown)."""
+    try:
+        return path.read_text().strip() or "?"
+    except OSError:
+        return "?"
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` for the block; raise ``LockHeld`` if another process has it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if not _try_lock(fd):
+            raise LockHeld(holder_pid(path))
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        os.close(fd)
