@@ -56,7 +56,12 @@ def build_fingerprint_index(world: dict) -> dict[tuple[str, object], list[str]]:
 
 
 class FakeStashDB:
-    """A stash-box look-alike on 127.0.0.1 with API-key auth, optional rate enforcement and fault injection."""
+    """A stash-box look-alike on 127.0.0.1 with API-key auth, optional rate enforcement and fault injection.
+
+    With `max_requests_per_minute` set, a request arriving more than `tolerance_s` earlier than
+    60/rate seconds after the previous accepted one gets HTTP 429; the tolerance absorbs the
+    scheduling jitter between a client's limiter and the server's clock on a busy machine.
+    """
 
     def __init__(
         self,
@@ -65,7 +70,7 @@ class FakeStashDB:
         max_requests_per_minute: float | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
-        tolerance_s: float = 0.005,
+        tolerance_s: float = 0.02,
     ) -> None:
         self.world = world
         self.api_key = api_key
@@ -90,7 +95,9 @@ class FakeStashDB:
             return self
         self._server = _Server((self._host, self._port), _Handler)
         self._server.fake = self
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-stashdb", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-stashdb", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -240,6 +247,7 @@ class _Handler(BaseHTTPRequestHandler):
     """HTTP/1.1 handler for POST /graphql."""
 
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
     timeout = 30
     server: _Server
 
