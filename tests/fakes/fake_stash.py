@@ -1,0 +1,1480 @@
+"""In-memory fake of a Stash server's GraphQL API.
+
+Every request is executed by graphql-core against ``stash_fake.graphql``, a
+strict subset of the real Stash schema, so a query that asks for something the
+fake does not declare fails the same way it would against Stash. Resolvers run
+over a :class:`World`, a set of plain in-memory tables.
+
+Timestamps behave like Stash's: each write stores ``world.clock()`` rendered as
+RFC3339 text at one-second precision in the server's current UTC offset
+(``world.set_offset``); reads return exactly that text and timestamp filters
+compare text with text.
+
+Run as a process::
+
+    python -m tests.fakes.fake_stash --port 0 --seed 1 --scenes 1000
+
+prints one JSON line ``{"url": ..., "port": ...}`` when ready and serves until
+SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from http.cookies import CookieError, SimpleCookie
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+from graphql import (
+    GraphQLError,
+    OperationDefinitionNode,
+    build_schema,
+    execute_sync,
+    parse,
+    validate,
+)
+
+SDL_PATH = Path(__file__).with_name("stash_fake.graphql")
+
+ENTITY_TYPES = ("tag", "studio", "performer", "group", "gallery", "image", "scene")
+
+_TYPE_ALIASES = {
+    "tags": "tag", "studios": "studio", "performers": "performer",
+    "groups": "group", "movie": "group", "movies": "group",
+    "galleries": "gallery", "images": "image", "scenes": "scene",
+}
+
+# Stored fields of each entity type with their defaults (lists are never
+# mutated in place, so sharing the default tuples is safe).
+_DEFAULTS = {
+    "tag": dict(name=None, sort_name=None, description=None, aliases=(),
+                ignore_auto_tag=False, favorite=False, stash_ids=(), parent_ids=()),
+    "studio": dict(name=None, urls=(), parent_id=None, aliases=(), tag_ids=(),
+                   ignore_auto_tag=False, stash_ids=(), rating100=None,
+                   favorite=False, details=None),
+    "performer": dict(name=None, disambiguation=None, urls=(), gender=None,
+                      birthdate=None, alias_list=(), favorite=False, tag_ids=(),
+                      ignore_auto_tag=False, stash_ids=(), rating100=None,
+                      details=None),
+    "group": dict(name=None, aliases=None, date=None, rating100=None,
+                  studio_id=None, director=None, synopsis=None, urls=(), tag_ids=()),
+    "gallery": dict(title=None, code=None, urls=(), date=None, details=None,
+                    photographer=None, rating100=None, organized=False, files=(),
+                    folder=None, studio_id=None, tag_ids=(), performer_ids=()),
+    "image": dict(title=None, code=None, rating100=None, urls=(), date=None,
+                  details=None, photographer=None, organized=False, files=(),
+                  gallery_ids=(), studio_id=None, tag_ids=(), performer_ids=()),
+    "scene": dict(title=None, code=None, details=None, director=None, urls=(),
+                  date=None, rating100=None, organized=False, files=(),
+                  gallery_ids=(), studio_id=None, groups=(), tag_ids=(),
+                  performer_ids=(), stash_ids=()),
+}
+
+_LIST_FIELDS = {
+    t: {k for k, v in d.items() if isinstance(v, tuple)} for t, d in _DEFAULTS.items()
+}
+
+# target type -> [(source type, field, kind)]: every stored reference to an entity.
+_REFS = {
+    "tag": [("tag", "parent_ids", "list")] + [
+        (t, "tag_ids", "list")
+        for t in ("studio", "performer", "group", "gallery", "image", "scene")
+    ],
+    "studio": [("studio", "parent_id", "one")] + [
+        (t, "studio_id", "one") for t in ("group", "gallery", "image", "scene")
+    ],
+    "performer": [(t, "performer_ids", "list") for t in ("gallery", "image", "scene")],
+    "group": [("scene", "groups", "groups")],
+    "gallery": [("image", "gallery_ids", "list"), ("scene", "gallery_ids", "list")],
+    "image": [],
+    "scene": [],
+}
+
+_NAME_FIELD = {"tag": "name", "studio": "name", "performer": "name", "group": "name",
+               "gallery": "title", "image": "title", "scene": "title"}
+
+# filter input fields the fake implements, per entity type
+_FILTERS = {
+    "scene": {"id", "tags", "stash_id_endpoint", "created_at", "updated_at"},
+    "image": {"id", "tags", "created_at", "updated_at"},
+    "gallery": {"id", "tags", "created_at", "updated_at"},
+    "performer": {"tags", "stash_id_endpoint", "created_at", "updated_at"},
+    "studio": {"stash_id_endpoint", "tags", "created_at", "updated_at"},
+    "group": {"tags", "created_at", "updated_at"},
+    "tag": {"stash_id_endpoint", "created_at", "updated_at"},
+}
+
+_SEARCH_FIELDS = {
+    "tag": ("name", "aliases"), "studio": ("name", "aliases"),
+    "performer": ("name", "alias_list", "disambiguation"), "group": ("name", "aliases"),
+    "gallery": ("title", "details"), "image": ("title", "details"),
+    "scene": ("title", "details", "code"),
+}
+
+MAX_PER_PAGE = 1000  # Stash caps per_page at 1000 (negative per_page = all)
+
+
+class FakeStashError(Exception):
+    """Raised by the world API on invalid input (becomes a GraphQL error)."""
+
+
+def render_timestamp(dt: datetime, offset: timedelta) -> str:
+    """RFC3339 at second precision in the given UTC offset, like Go's time.RFC3339."""
+    local = dt.astimezone(timezone(offset))
+    text = local.strftime("%Y-%m-%dT%H:%M:%S")
+    if not offset:
+        return text + "Z"
+    total = int(offset.total_seconds())
+    sign = "-" if total < 0 else "+"
+    total = abs(total)
+    return f"{text}{sign}{total // 3600:02d}:{total % 3600 // 60:02d}"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _int_id(value, what="id") -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise FakeStashError(f"invalid {what}: {value!r}") from None
+
+
+def _basename(path: str) -> str:
+    return path.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def _dirname(path: str) -> str:
+    p = path.replace("\\", "/")
+    return p.rsplit("/", 1)[0] if "/" in p else ""
+
+
+def _phash_text(value) -> str:
+    if isinstance(value, int):
+        return format(value, "x")
+    return format(int(value, 16), "x")
+
+
+class World:
+    """In-memory Stash database.
+
+    Ids are ints here and ``ID`` strings on the wire. Rows are plain dicts with
+    the GraphQL field names for scalar fields and ``tag_ids``, ``studio_id``,
+    ``performer_ids``, ``gallery_ids``, ``parent_ids`` (tags), ``parent_id``
+    (studios) and ``groups`` (scenes: ``[{"group_id", "scene_index"}]``) for
+    links. ``Gallery.scenes`` is derived from ``scene.gallery_ids`` and
+    ``Tag.children`` from ``tag.parent_ids``.
+    """
+
+    def __init__(self, clock=None, offset: timedelta = timedelta(0)):
+        self.clock = clock or _utcnow
+        self._offset = offset
+        self.lock = threading.RLock()
+        self._tables: dict[str, dict[int, dict]] = {t: {} for t in ENTITY_TYPES}
+        self._next_id = {t: 1 for t in ENTITY_TYPES}
+        self._next_file_id = 1
+        self._next_folder_id = 1
+        self._versions = {t: 0 for t in ENTITY_TYPES}
+        self._cache: dict = {}
+        # configuration
+        self.plugin_settings: dict[str, dict] = {}
+        self.api_key = ""
+        self.stash_boxes: list[dict] = []
+        self.exclude_tag_patterns: list[str] = []
+        self.version = {"version": "v0.30.1", "hash": "b23b0267",
+                        "build_time": "2025-12-01 12:00:00"}
+        # Real Stash's sceneUpdate/bulkSceneUpdate bump updated_at of every
+        # addressed scene even when nothing changes; by default the fake only
+        # bumps scenes whose data changed. Set True for the real behaviour.
+        self.touch_unchanged_on_update = False
+
+    # ------------------------------------------------------------ time
+    @property
+    def offset(self) -> timedelta:
+        return self._offset
+
+    def set_offset(self, offset: timedelta) -> None:
+        self._offset = offset
+
+    def now_text(self) -> str:
+        return render_timestamp(self.clock(), self._offset)
+
+    # ------------------------------------------------------------ internals
+    def _type(self, etype: str) -> str:
+        t = _TYPE_ALIASES.get(etype.lower(), etype.lower())
+        if t not in self._tables:
+            raise FakeStashError(f"unknown entity type {etype!r}")
+        return t
+
+    def _bump(self, *types: str) -> None:
+        for t in types:
+            self._versions[t] += 1
+
+    def _derived(self, key, deps, build):
+        stamp = tuple(self._versions[d] for d in deps)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        value = build()
+        self._cache[key] = (stamp, value)
+        return value
+
+    def table(self, etype: str) -> dict[int, dict]:
+        """The live table (id -> row) of a type. Do not mutate the rows."""
+        return self._tables[self._type(etype)]
+
+    def get(self, etype: str, eid) -> dict | None:
+        return self._tables[self._type(etype)].get(_int_id(eid))
+
+    def _new_file_id(self) -> int:
+        fid = self._next_file_id
+        self._next_file_id += 1
+        return fid
+
+    def _norm_stash_ids(self, value, now):
+        out = []
+        for s in value or ():
+            if isinstance(s, (tuple, list)):
+                s = {"endpoint": s[0], "stash_id": s[1]}
+            out.append({"endpoint": s["endpoint"], "stash_id": s["stash_id"],
+                        "updated_at": s.get("updated_at") or now})
+        return out
+
+    def _norm_fingerprints(self, f):
+        fps = []
+        for fp in f.get("fingerprints") or ():
+            fps.append({"type": fp["type"], "value": fp["value"]})
+        for kind in ("oshash", "md5", "phash"):
+            v = f.get(kind)
+            if v is not None:
+                fps = [x for x in fps if x["type"] != kind]
+                fps.append({"type": kind, "value": _phash_text(v) if kind == "phash" else v})
+        return fps
+
+    def _norm_file(self, etype, f):
+        if isinstance(f, str):
+            f = {"path": f}
+        path = f["path"]
+        out = {"id": f.get("id") or self._new_file_id(), "path": path,
+               "basename": f.get("basename") or _basename(path),
+               "size": int(f.get("size", 0)),
+               "fingerprints": self._norm_fingerprints(f)}
+        if etype == "scene":
+            out.update(format=f.get("format", "mp4"), width=int(f.get("width", 1920)),
+                       height=int(f.get("height", 1080)),
+                       duration=float(f.get("duration", 0.0)))
+        elif etype == "image":
+            out.update(format=f.get("format", "jpeg"), width=int(f.get("width", 1200)),
+                       height=int(f.get("height", 800)))
+        return out
+
+    def _norm_groups(self, value):
+        out = []
+        for g in value or ():
+            if isinstance(g, dict):
+                out.append({"group_id": _int_id(g["group_id"]),
+                            "scene_index": g.get("scene_index")})
+            elif isinstance(g, (tuple, list)):
+                out.append({"group_id": _int_id(g[0]),
+                            "scene_index": g[1] if len(g) > 1 else None})
+            else:
+                out.append({"group_id": _int_id(g), "scene_index": None})
+        return out
+
+    def _normalize(self, etype, fields, now, row_id=None):
+        """Turn add/update keyword fields into stored values. Returns
+        (values, side) where side holds cross-row links (gallery scene_ids,
+        tag child_ids) to apply after the row exists."""
+        defaults = _DEFAULTS[etype]
+        values, side = {}, {}
+        for key, val in fields.items():
+            if key in ("created_at", "updated_at"):
+                values[key] = val
+            elif etype == "gallery" and key == "scene_ids":
+                side["scene_ids"] = [_int_id(x) for x in val or ()]
+            elif etype == "tag" and key == "child_ids":
+                side["child_ids"] = [_int_id(x) for x in val or ()]
+            elif etype == "studio" and key == "parent_studio_id":
+                values["parent_id"] = None if val is None else _int_id(val)
+            elif key not in defaults:
+                raise FakeStashError(f"unknown field {key!r} for {etype}")
+            elif key == "stash_ids":
+                values[key] = self._norm_stash_ids(val, now)
+            elif key == "files":
+                values[key] = [self._norm_file(etype, f) for f in val or ()]
+            elif key == "folder":
+                if val is None:
+                    values[key] = None
+                else:
+                    if isinstance(val, str):
+                        val = {"path": val}
+                    fid = val.get("id")
+                    if not fid:
+                        fid = self._next_folder_id
+                        self._next_folder_id += 1
+                    values[key] = {"id": fid, "path": val["path"]}
+            elif key == "groups":
+                values[key] = self._norm_groups(val)
+            elif key.endswith("_ids"):
+                ids = []
+                for x in val or ():
+                    i = _int_id(x)
+                    if i not in ids:
+                        ids.append(i)
+                values[key] = ids
+            elif key.endswith("_id"):
+                values[key] = None if val is None else _int_id(val)
+            elif key in _LIST_FIELDS[etype]:
+                values[key] = list(val or ())
+            else:
+                values[key] = val
+        return values, side
+
+    def _check_refs(self, etype, values, row_id=None):
+        t = self._tables
+        for key, val in values.items():
+            if key == "tag_ids" or key == "parent_ids":
+                target = "tag"
+            elif key in ("studio_id", "parent_id"):
+                target = "studio"
+            elif key == "performer_ids":
+                target = "performer"
+            elif key == "gallery_ids":
+                target = "gallery"
+            elif key == "groups":
+                for g in val:
+                    if g["group_id"] not in t["group"]:
+                        raise FakeStashError(f"group {g['group_id']} not found")
+                continue
+            else:
+                continue
+            ids = [val] if not isinstance(val, list) else val
+            for i in ids:
+                if i is not None and i not in t[target]:
+                    raise FakeStashError(f"{target} {i} not found")
+                if row_id is not None and target == etype and i == row_id:
+                    raise FakeStashError(f"{etype} {i} cannot reference itself")
+
+    def _apply_side(self, etype, eid, side):
+        if "scene_ids" in side:
+            wanted = set(side["scene_ids"])
+            for sid in wanted:
+                if sid not in self._tables["scene"]:
+                    raise FakeStashError(f"scene {sid} not found")
+            for sid, srow in self._tables["scene"].items():
+                has = eid in srow["gallery_ids"]
+                if sid in wanted and not has:
+                    srow["gallery_ids"] = list(srow["gallery_ids"]) + [eid]
+                elif has and sid not in wanted:
+                    srow["gallery_ids"] = [g for g in srow["gallery_ids"] if g != eid]
+            self._bump("scene")
+        if "child_ids" in side:
+            wanted = set(side["child_ids"])
+            for cid in wanted:
+                if cid not in self._tables["tag"] or cid == eid:
+                    raise FakeStashError(f"invalid child tag {cid}")
+            for cid, crow in self._tables["tag"].items():
+                has = eid in crow["parent_ids"]
+                if cid in wanted and not has:
+                    crow["parent_ids"] = list(crow["parent_ids"]) + [eid]
+                elif has and cid not in wanted:
+                    crow["parent_ids"] = [p for p in crow["parent_ids"] if p != eid]
+            self._bump("tag")
+
+    # ------------------------------------------------------------ public writes
+    def add_entity(self, etype: str, **fields) -> int:
+        """Create an entity; returns its int id. ``created_at``/``updated_at``
+        default to now; ``id`` may be given explicitly."""
+        with self.lock:
+            etype = self._type(etype)
+            now = self.now_text()
+            eid = fields.pop("id", None)
+            if eid is None:
+                eid = self._next_id[etype]
+            eid = _int_id(eid)
+            if eid in self._tables[etype]:
+                raise FakeStashError(f"{etype} {eid} already exists")
+            values, side = self._normalize(etype, fields, now)
+            if _NAME_FIELD[etype] == "name" and not values.get("name"):
+                raise FakeStashError(f"{etype} needs a name")
+            self._check_refs(etype, values, eid)
+            row = {"id": eid}
+            for key, default in _DEFAULTS[etype].items():
+                if key in values:
+                    row[key] = values[key]
+                else:
+                    row[key] = [] if isinstance(default, tuple) else default
+            row["created_at"] = values.get("created_at") or now
+            row["updated_at"] = values.get("updated_at") or row["created_at"]
+            self._tables[etype][eid] = row
+            self._next_id[etype] = max(self._next_id[etype], eid + 1)
+            self._bump(etype)
+            self._apply_side(etype, eid, side)
+            return eid
+
+    def _insert_raw(self, etype: str, row: dict) -> None:
+        """Fast path for generators: ``row`` must already be complete and
+        canonical (every _DEFAULTS key plus id/created_at/updated_at)."""
+        eid = row["id"]
+        self._tables[etype][eid] = row
+        if eid >= self._next_id[etype]:
+            self._next_id[etype] = eid + 1
+        self._versions[etype] += 1
+
+    def update_entity(self, etype: str, eid, **fields) -> None:
+        """Change fields of an entity and bump its updated_at to now (unless
+        ``updated_at`` is given explicitly)."""
+        with self.lock:
+            etype = self._type(etype)
+            eid = _int_id(eid)
+            row = self._tables[etype].get(eid)
+            if row is None:
+                raise FakeStashError(f"{etype} {eid} not found")
+            now = self.now_text()
+            values, side = self._normalize(etype, fields, now, eid)
+            self._check_refs(etype, values, eid)
+            if etype == "tag" and "parent_ids" in values:
+                self._check_tag_cycle(eid, values["parent_ids"])
+            row.update(values)
+            if "updated_at" not in values:
+                row["updated_at"] = now
+            self._bump(etype)
+            self._apply_side(etype, eid, side)
+
+    def _check_tag_cycle(self, eid, parent_ids):
+        tags = self._tables["tag"]
+        stack, seen = list(parent_ids), set()
+        while stack:
+            p = stack.pop()
+            if p == eid:
+                raise FakeStashError("tag hierarchy would contain a cycle")
+            if p in seen:
+                continue
+            seen.add(p)
+            stack.extend(tags[p]["parent_ids"])
+
+    def delete_entity(self, etype: str, eid) -> None:
+        """Remove an entity and every link to it. Other entities' updated_at
+        is NOT touched (Stash deletes join rows without updating the owners)."""
+        with self.lock:
+            etype = self._type(etype)
+            eid = _int_id(eid)
+            if self._tables[etype].pop(eid, None) is None:
+                raise FakeStashError(f"{etype} {eid} not found")
+            self._bump(etype)
+            self._unlink(etype, {eid: None})
+
+    def _unlink(self, target, mapping):
+        """Rewrite every reference to ``target`` ids: mapping old id -> new id
+        (None = remove). Does not touch updated_at."""
+        for src, field, kind in _REFS[target]:
+            changed = False
+            for row in self._tables[src].values():
+                val = row[field]
+                if kind == "one":
+                    if val in mapping:
+                        new = mapping[val]
+                        row[field] = None if new == row["id"] and src == target else new
+                        changed = True
+                elif kind == "list":
+                    if val and any(v in mapping for v in val):
+                        out = []
+                        for v in val:
+                            v = mapping.get(v, v) if v in mapping else v
+                            if v is None or v in out or (src == target and v == row["id"]):
+                                continue
+                            out.append(v)
+                        row[field] = out
+                        changed = True
+                else:  # scene groups
+                    if val and any(g["group_id"] in mapping for g in val):
+                        out, seen = [], set()
+                        for g in val:
+                            gid = mapping.get(g["group_id"], g["group_id"]) \
+                                if g["group_id"] in mapping else g["group_id"]
+                            if gid is None or gid in seen:
+                                continue
+                            seen.add(gid)
+                            out.append({"group_id": gid, "scene_index": g["scene_index"]})
+                        row[field] = out
+                        changed = True
+            if changed:
+                self._bump(src)
+
+    def merge_tags(self, source_ids, dest_id) -> None:
+        """Merge tags like Stash's tagsMerge: every link to a source becomes a
+        link to the destination (linked entities' updated_at untouched), the
+        sources are deleted, their names and aliases become aliases of the
+        destination, and the destination's updated_at is bumped."""
+        with self.lock:
+            tags = self._tables["tag"]
+            dest_id = _int_id(dest_id)
+            sources = [_int_id(s) for s in source_ids]
+            if dest_id not in tags:
+                raise FakeStashError(f"tag {dest_id} not found")
+            sources = [s for s in dict.fromkeys(sources) if s != dest_id]
+            for s in sources:
+                if s not in tags:
+                    raise FakeStashError(f"tag {s} not found")
+            dest = tags[dest_id]
+            aliases = list(dest["aliases"])
+            lower = {a.lower() for a in aliases} | {dest["name"].lower()}
+            stash_ids = list(dest["stash_ids"])
+            for s in sources:
+                src = tags[s]
+                for a in [src["name"], *src["aliases"]]:
+                    if a.lower() not in lower:
+                        lower.add(a.lower())
+                        aliases.append(a)
+                for sid in src["stash_ids"]:
+                    if not any(x["endpoint"] == sid["endpoint"] and x["stash_id"] == sid["stash_id"]
+                               for x in stash_ids):
+                        stash_ids.append(dict(sid))
+            for s in sources:
+                del tags[s]
+            self._unlink("tag", {s: dest_id for s in sources})
+            dest["aliases"] = aliases
+            dest["stash_ids"] = stash_ids
+            dest["updated_at"] = self.now_text()
+            self._bump("tag")
+
+    # ------------------------------------------------------------ reads
+    def tables(self) -> dict[str, list[dict]]:
+        """Deep copy of every table: type -> rows sorted by id."""
+        with self.lock:
+            return {t: [copy.deepcopy(self._tables[t][i]) for i in sorted(self._tables[t])]
+                    for t in ENTITY_TYPES}
+
+    def tag_children(self) -> dict[int, list[int]]:
+        def build():
+            out: dict[int, list[int]] = {}
+            for tid in sorted(self._tables["tag"]):
+                for p in self._tables["tag"][tid]["parent_ids"]:
+                    out.setdefault(p, []).append(tid)
+            return out
+        return self._derived("tag_children", ("tag",), build)
+
+    def studio_children(self) -> dict[int, list[int]]:
+        def build():
+            out: dict[int, list[int]] = {}
+            for sid in sorted(self._tables["studio"]):
+                p = self._tables["studio"][sid]["parent_id"]
+                if p is not None:
+                    out.setdefault(p, []).append(sid)
+            return out
+        return self._derived("studio_children", ("studio",), build)
+
+    def gallery_scenes(self) -> dict[int, list[int]]:
+        def build():
+            out: dict[int, list[int]] = {}
+            for sid in sorted(self._tables["scene"]):
+                for g in self._tables["scene"][sid]["gallery_ids"]:
+                    out.setdefault(g, []).append(sid)
+            return out
+        return self._derived("gallery_scenes", ("scene",), build)
+
+    def gallery_image_counts(self) -> Counter:
+        def build():
+            c = Counter()
+            for row in self._tables["image"].values():
+                c.update(row["gallery_ids"])
+            return c
+        return self._derived("gallery_image_counts", ("image",), build)
+
+    def tag_scene_counts(self) -> Counter:
+        def build():
+            c = Counter()
+            for row in self._tables["scene"].values():
+                c.update(row["tag_ids"])
+            return c
+        return self._derived("tag_scene_counts", ("scene",), build)
+
+    def _sorted_rows(self, etype, sort, direction):
+        if sort in ("name", "title"):
+            field = _NAME_FIELD[etype]
+        elif sort in ("id", "created_at", "updated_at"):
+            field = sort
+        else:
+            raise FakeStashError(f"invalid sort: {sort}")
+
+        def build():
+            rows = sorted(self._tables[etype].values(), key=lambda r: r["id"])
+            if field == "id":
+                if direction == "DESC":
+                    rows.reverse()
+                return rows
+            if field in ("name", "title"):
+                key = lambda r: (r[field] or "").lower()  # noqa: E731
+            else:
+                key = lambda r: r[field]  # noqa: E731
+            rows.sort(key=key, reverse=(direction == "DESC"))  # stable: ties by id ASC
+            return rows
+        return self._derived(("order", etype, field, direction), (etype,), build)
+
+    def find(self, etype, entity_filter=None, find_filter=None, ids=None):
+        """Stash-like query: returns (count, rows of the requested page)."""
+        etype = self._type(etype)
+        ff = find_filter or {}
+        sort = ff.get("sort") or _NAME_FIELD[etype]
+        direction = ff.get("direction") or "ASC"
+        preds = self._predicates(etype, entity_filter or {})
+        q = (ff.get("q") or "").strip()
+        if q:
+            preds.append(self._search_pred(etype, q))
+        if ids is not None:
+            idset = {_int_id(i) for i in ids}
+            table = self._tables[etype]
+            rows = [table[i] for i in sorted(idset) if i in table]
+            rows = self._sort_small(etype, rows, sort, direction)
+        else:
+            rows = self._sorted_rows(etype, sort, direction)
+        if preds:
+            for p in preds:
+                rows = [r for r in rows if p(r)]
+        count = len(rows)
+        per_page = ff.get("per_page")
+        if per_page is not None and per_page < 0:
+            return count, list(rows)
+        page = ff.get("page")
+        page = 1 if page is None or page < 1 else page
+        per_page = 25 if per_page is None else min(per_page, MAX_PER_PAGE)
+        start = (page - 1) * per_page
+        return count, rows[start:start + per_page]
+
+    def _sort_small(self, etype, rows, sort, direction):
+        if sort in ("name", "title"):
+            field = _NAME_FIELD[etype]
+            key = lambda r: (r[field] or "").lower()  # noqa: E731
+        elif sort in ("id", "created_at", "updated_at"):
+            key = lambda r: r[sort]  # noqa: E731
+        else:
+            raise FakeStashError(f"invalid sort: {sort}")
+        return sorted(rows, key=key, reverse=(direction == "DESC")) if sort != "id" or \
+            direction == "DESC" else rows
+
+    def _search_pred(self, etype, q):
+        words = q.lower().split()
+        if q.startswith('"') and q.endswith('"') and len(q) > 1:
+            words = [q[1:-1].lower()]
+        fields = _SEARCH_FIELDS[etype]
+
+        def pred(r):
+            texts = []
+            for f in fields:
+                v = r.get(f)
+                if isinstance(v, (list, tuple)):
+                    texts.extend(v)
+                elif v:
+                    texts.append(v)
+            blob = "\n".join(texts).lower()
+            return any(w in blob for w in words)
+        return pred
+
+    def _predicates(self, etype, flt):
+        preds = []
+        allowed = _FILTERS[etype]
+        for key, crit in flt.items():
+            if crit is None:
+                continue
+            if key not in allowed:
+                raise FakeStashError(f"filter {key} is not supported by the fake")
+            if key in ("created_at", "updated_at"):
+                preds.append(self._ts_pred(key, crit))
+            elif key == "id":
+                preds.append(self._int_pred("id", crit))
+            elif key == "tags":
+                preds.append(self._multi_pred("tag_ids", crit))
+            elif key == "stash_id_endpoint":
+                preds.append(self._stash_id_pred(crit))
+        return preds
+
+    def _ts_pred(self, field, crit):
+        mod, v = crit["modifier"], crit["value"]
+        v2 = crit.get("value2")
+        if v2 is None:
+            v2 = render_timestamp(self.clock() + timedelta(days=1), self._offset)
+        return {
+            "EQUALS": lambda r: r[field] == v,
+            "NOT_EQUALS": lambda r: r[field] != v,
+            "GREATER_THAN": lambda r: r[field] > v,
+            "LESS_THAN": lambda r: r[field] < v,
+            "BETWEEN": lambda r: v <= r[field] <= v2,
+            "NOT_BETWEEN": lambda r: not (v <= r[field] <= v2),
+            "IS_NULL": lambda r: False,
+            "NOT_NULL": lambda r: True,
+        }.get(mod) or self._bad_modifier("timestamp", mod)
+
+    def _int_pred(self, field, crit):
+        mod, v = crit["modifier"], crit["value"]
+        v2 = crit.get("value2")
+        v2 = 0 if v2 is None else v2
+        return {
+            "EQUALS": lambda r: r[field] == v,
+            "NOT_EQUALS": lambda r: r[field] != v,
+            "GREATER_THAN": lambda r: r[field] > v,
+            "LESS_THAN": lambda r: r[field] < v,
+            "BETWEEN": lambda r: v <= r[field] <= v2,
+            "NOT_BETWEEN": lambda r: not (v <= r[field] <= v2),
+            "IS_NULL": lambda r: False,
+            "NOT_NULL": lambda r: True,
+        }.get(mod) or self._bad_modifier("int", mod)
+
+    def _multi_pred(self, field, crit):
+        mod = crit["modifier"]
+        vals = {_int_id(x) for x in crit.get("value") or ()}
+        excl = {_int_id(x) for x in crit.get("excludes") or ()}
+        if mod == "INCLUDES":
+            base = (lambda r: not vals.isdisjoint(r[field])) if vals else (lambda r: True)
+        elif mod == "INCLUDES_ALL":
+            base = lambda r: vals.issubset(r[field])  # noqa: E731
+        elif mod == "EXCLUDES":
+            base = lambda r: vals.isdisjoint(r[field])  # noqa: E731
+        elif mod == "IS_NULL":
+            base = lambda r: not r[field]  # noqa: E731
+        elif mod == "NOT_NULL":
+            base = lambda r: bool(r[field])  # noqa: E731
+        else:
+            self._bad_modifier("multi", mod)
+        if not excl:
+            return base
+        return lambda r: base(r) and excl.isdisjoint(r[field])
+
+    def _stash_id_pred(self, crit):
+        mod = crit["modifier"]
+        endpoint = crit.get("endpoint")
+        value = crit.get("stash_id")
+
+        def ids(r):
+            return [s["stash_id"] for s in r["stash_ids"]
+                    if endpoint is None or s["endpoint"] == endpoint]
+        if mod == "NOT_NULL":
+            return lambda r: bool(ids(r))
+        if mod == "IS_NULL":
+            return lambda r: not ids(r)
+        if mod == "EQUALS":
+            return lambda r: value in ids(r)
+        if mod == "NOT_EQUALS":
+            return lambda r: value not in ids(r)
+        self._bad_modifier("stash_id", mod)
+
+    @staticmethod
+    def _bad_modifier(kind, mod):
+        raise FakeStashError(f"unsupported {kind} modifier type {mod}")
+
+    # ------------------------------------------------------------ scene updates
+    def _ids_of(self, etype, values):
+        table = self._tables[etype]
+        out = []
+        for v in values or ():
+            i = _int_id(v)
+            if i not in table:
+                raise FakeStashError(f"{etype} with id {i} not found")
+            if i not in out:
+                out.append(i)
+        return out
+
+    @staticmethod
+    def _apply_mode(current, ids, mode):
+        if mode == "SET":
+            return list(ids)
+        if mode == "ADD":
+            return list(current) + [i for i in ids if i not in current]
+        if mode == "REMOVE":
+            drop = set(ids)
+            return [i for i in current if i not in drop]
+        raise FakeStashError(f"invalid mode {mode}")
+
+    _SCENE_SCALARS = ("title", "code", "details", "director", "date", "rating100",
+                      "organized", "urls")
+
+    def _scene_changes(self, row, inp, bulk):
+        new = {}
+        for k in self._SCENE_SCALARS:
+            if k in inp and not (bulk and k == "urls"):
+                v = inp[k]
+                new[k] = list(v or ()) if k == "urls" else v
+        if "studio_id" in inp:
+            v = inp["studio_id"]
+            new["studio_id"] = None if v in (None, "") else self._ids_of("studio", [v])[0]
+        for key, etype in (("tag_ids", "tag"), ("performer_ids", "performer"),
+                           ("gallery_ids", "gallery")):
+            if key in inp and inp[key] is not None:
+                if bulk:
+                    spec = inp[key]
+                    ids = self._ids_of(etype, spec.get("ids"))
+                    new[key] = self._apply_mode(row[key], ids, spec["mode"])
+                else:
+                    new[key] = self._ids_of(etype, inp[key])
+        if bulk and inp.get("group_ids") is not None:
+            spec = inp["group_ids"]
+            ids = self._ids_of("group", spec.get("ids"))
+            cur = [g["group_id"] for g in row["groups"]]
+            keep = self._apply_mode(cur, ids, spec["mode"])
+            idx = {g["group_id"]: g["scene_index"] for g in row["groups"]}
+            new["groups"] = [{"group_id": g, "scene_index": idx.get(g)} for g in keep]
+        elif not bulk and inp.get("groups") is not None:
+            self._ids_of("group", [g["group_id"] for g in inp["groups"]])
+            new["groups"] = self._norm_groups(inp["groups"])
+        if not bulk and inp.get("stash_ids") is not None:
+            new["stash_ids"] = self._norm_stash_ids(inp["stash_ids"], self.now_text())
+        return {k: v for k, v in new.items() if row.get(k) != v}
+
+    def update_scenes(self, ids, inp, bulk=True):
+        """Apply a (bulk)SceneUpdate input to scenes. Validates everything
+        first, so an error changes nothing. Returns the scene rows."""
+        with self.lock:
+            scenes = self._tables["scene"]
+            rows = []
+            for i in ids:
+                i = _int_id(i)
+                if i not in scenes:
+                    raise FakeStashError(f"scene with id {i} not found")
+                rows.append(scenes[i])
+            changes = [self._scene_changes(r, inp, bulk) for r in rows]
+            now = self.now_text()
+            touched = False
+            for row, ch in zip(rows, changes):
+                if ch or self.touch_unchanged_on_update:
+                    row.update(ch)
+                    row["updated_at"] = now
+                    touched = True
+            if touched:
+                self._bump("scene")
+            return rows
+
+    def find_tag_by_name(self, name):
+        low = name.lower()
+        for tid in sorted(self._tables["tag"]):
+            t = self._tables["tag"][tid]
+            if t["name"].lower() == low:
+                return t
+        return None
+
+
+# ====================================================================== GraphQL
+
+def _entity_list(etype):
+    def resolve(row, info):
+        table = info.context["world"]._tables[etype]
+        return [table[i] for i in row[_LINK_FIELD[etype]] if i in table]
+    return resolve
+
+
+_LINK_FIELD = {"tag": "tag_ids", "performer": "performer_ids", "gallery": "gallery_ids"}
+
+
+def _one(etype, field):
+    def resolve(row, info):
+        v = row[field]
+        return None if v is None else info.context["world"]._tables[etype].get(v)
+    return resolve
+
+
+def _fingerprint(row, info, type):  # noqa: A002 - GraphQL argument name
+    for fp in row["fingerprints"]:
+        if fp["type"] == type:
+            return fp["value"]
+    return None
+
+
+def _resolve_find(etype, filter_arg, result_field):
+    def resolve(_root, info, **args):
+        world = info.context["world"]
+        count, rows = world.find(etype, args.get(filter_arg), args.get("filter"),
+                                 args.get("ids"))
+        return {"count": count, result_field: rows}
+    return resolve
+
+
+def _resolve_get(etype):
+    def resolve(_root, info, id=None):  # noqa: A002
+        if id is None:
+            return None
+        return info.context["world"]._tables[etype].get(_int_id(id))
+    return resolve
+
+
+def _tag_parents(row, info):
+    tags = info.context["world"]._tables["tag"]
+    return [tags[i] for i in row["parent_ids"] if i in tags]
+
+
+def _tag_children(row, info):
+    world = info.context["world"]
+    tags = world._tables["tag"]
+    return [tags[i] for i in world.tag_children().get(row["id"], ())]
+
+
+def _configuration(_root, info):
+    world = info.context["world"]
+    return {
+        "general": {"apiKey": world.api_key, "stashBoxes": world.stash_boxes},
+        "scraping": {"excludeTagPatterns": world.exclude_tag_patterns},
+        "_world": world,
+    }
+
+
+def _config_plugins(cfg, info, include=None):
+    settings = cfg["_world"].plugin_settings
+    if not include:
+        return copy.deepcopy(settings)
+    return {p: copy.deepcopy(settings[p]) for p in include if settings.get(p)}
+
+
+def _bulk_scene_update(_root, info, input):  # noqa: A002
+    world = info.context["world"]
+    return world.update_scenes(input.get("ids") or [], input, bulk=True)
+
+
+def _scene_update(_root, info, input):  # noqa: A002
+    world = info.context["world"]
+    return world.update_scenes([input["id"]], input, bulk=False)[0]
+
+
+def _tag_input_fields(inp):
+    out = {}
+    for k in ("name", "sort_name", "description", "aliases", "ignore_auto_tag",
+              "favorite", "stash_ids", "parent_ids", "child_ids"):
+        if k in inp:
+            v = inp[k]
+            if k in ("aliases", "stash_ids", "parent_ids", "child_ids") and v is None:
+                v = []
+            out[k] = v
+    return out
+
+
+def _check_tag_names(world, name, aliases, own_id=None):
+    names = [n for n in [name] if n] + list(aliases or ())
+    for tid, t in world._tables["tag"].items():
+        if tid == own_id:
+            continue
+        for n in names:
+            if t["name"].lower() == n.lower():
+                raise FakeStashError(f"tag with name '{t['name']}' already exists")
+        if name:
+            for a in t["aliases"]:
+                if a.lower() == name.lower():
+                    raise FakeStashError(
+                        f"name '{name}' is used as alias for '{t['name']}'")
+
+
+def _tag_create(_root, info, input):  # noqa: A002
+    world = info.context["world"]
+    with world.lock:
+        fields = _tag_input_fields(input)
+        _check_tag_names(world, fields["name"], fields.get("aliases"))
+        return world._tables["tag"][world.add_entity("tag", **fields)]
+
+
+def _tag_update(_root, info, input):  # noqa: A002
+    world = info.context["world"]
+    with world.lock:
+        tid = _int_id(input["id"])
+        if tid not in world._tables["tag"]:
+            raise FakeStashError(f"tag with id {tid} not found")
+        fields = _tag_input_fields(input)
+        if fields.get("name") is None:
+            fields.pop("name", None)
+        _check_tag_names(world, fields.get("name"), fields.get("aliases"), tid)
+        world.update_entity("tag", tid, **fields)
+        return world._tables["tag"][tid]
+
+
+def _tag_destroy(_root, info, input):  # noqa: A002
+    info.context["world"].delete_entity("tag", input["id"])
+    return True
+
+
+def _tags_merge(_root, info, input):  # noqa: A002
+    world = info.context["world"]
+    world.merge_tags(input["source"], input["destination"])
+    return world._tables["tag"][_int_id(input["destination"])]
+
+
+def _configure_plugin(_root, info, plugin_id, input):  # noqa: A002
+    world = info.context["world"]
+    with world.lock:
+        world.plugin_settings[plugin_id] = dict(input)
+        return copy.deepcopy(world.plugin_settings[plugin_id])
+
+
+def build_fake_schema():
+    schema = build_schema(SDL_PATH.read_text(encoding="utf-8"))
+    tm = schema.type_map
+    resolvers = {
+        ("Query", "findScenes"): _resolve_find("scene", "scene_filter", "scenes"),
+        ("Query", "findImages"): _resolve_find("image", "image_filter", "images"),
+        ("Query", "findGalleries"): _resolve_find("gallery", "gallery_filter", "galleries"),
+        ("Query", "findPerformers"): _resolve_find("performer", "performer_filter", "performers"),
+        ("Query", "findStudios"): _resolve_find("studio", "studio_filter", "studios"),
+        ("Query", "findGroups"): _resolve_find("group", "group_filter", "groups"),
+        ("Query", "findTags"): _resolve_find("tag", "tag_filter", "tags"),
+        ("Query", "findScene"): _resolve_get("scene"),
+        ("Query", "findImage"): _resolve_get("image"),
+        ("Query", "findGallery"): _resolve_get("gallery"),
+        ("Query", "findPerformer"): _resolve_get("performer"),
+        ("Query", "findStudio"): _resolve_get("studio"),
+        ("Query", "findGroup"): _resolve_get("group"),
+        ("Query", "findTag"): _resolve_get("tag"),
+        ("Query", "configuration"): _configuration,
+        ("Query", "version"): lambda _r, info: info.context["world"].version,
+        ("ConfigResult", "plugins"): _config_plugins,
+        ("Mutation", "bulkSceneUpdate"): _bulk_scene_update,
+        ("Mutation", "sceneUpdate"): _scene_update,
+        ("Mutation", "tagCreate"): _tag_create,
+        ("Mutation", "tagUpdate"): _tag_update,
+        ("Mutation", "tagDestroy"): _tag_destroy,
+        ("Mutation", "tagsMerge"): _tags_merge,
+        ("Mutation", "configurePlugin"): _configure_plugin,
+        ("Tag", "parents"): _tag_parents,
+        ("Tag", "children"): _tag_children,
+        ("Tag", "parent_count"): lambda r, i: len(_tag_parents(r, i)),
+        ("Tag", "child_count"): lambda r, i: len(_tag_children(r, i)),
+        ("Tag", "scene_count"): lambda r, i, depth=None:
+            i.context["world"].tag_scene_counts().get(r["id"], 0),
+        ("Studio", "parent_studio"): _one("studio", "parent_id"),
+        ("Studio", "child_studios"): lambda r, i: [
+            i.context["world"]._tables["studio"][c]
+            for c in i.context["world"].studio_children().get(r["id"], ())],
+        ("Studio", "tags"): _entity_list("tag"),
+        ("Performer", "tags"): _entity_list("tag"),
+        ("Group", "studio"): _one("studio", "studio_id"),
+        ("Group", "tags"): _entity_list("tag"),
+        ("Gallery", "studio"): _one("studio", "studio_id"),
+        ("Gallery", "tags"): _entity_list("tag"),
+        ("Gallery", "performers"): _entity_list("performer"),
+        ("Gallery", "scenes"): lambda r, i: [
+            i.context["world"]._tables["scene"][s]
+            for s in i.context["world"].gallery_scenes().get(r["id"], ())],
+        ("Gallery", "image_count"): lambda r, i:
+            i.context["world"].gallery_image_counts().get(r["id"], 0),
+        ("Image", "studio"): _one("studio", "studio_id"),
+        ("Image", "tags"): _entity_list("tag"),
+        ("Image", "performers"): _entity_list("performer"),
+        ("Image", "galleries"): _entity_list("gallery"),
+        ("Image", "visual_files"): lambda r, i: r["files"],
+        ("Scene", "studio"): _one("studio", "studio_id"),
+        ("Scene", "tags"): _entity_list("tag"),
+        ("Scene", "performers"): _entity_list("performer"),
+        ("Scene", "galleries"): _entity_list("gallery"),
+        ("Scene", "groups"): lambda r, i: [
+            {"group": i.context["world"]._tables["group"][g["group_id"]],
+             "scene_index": g["scene_index"]}
+            for g in r["groups"] if g["group_id"] in i.context["world"]._tables["group"]],
+    }
+    for (tname, fname), fn in resolvers.items():
+        tm[tname].fields[fname].resolve = fn
+    for tname in ("VideoFile", "ImageFile", "GalleryFile"):
+        tm[tname].fields["fingerprint"].resolve = _fingerprint
+    tm["VisualFile"].resolve_type = lambda obj, info, t: "VideoFile" if "duration" in obj \
+        else "ImageFile"
+    tm["BaseFile"].resolve_type = lambda obj, info, t: (
+        "VideoFile" if "duration" in obj else "ImageFile" if "width" in obj else "GalleryFile")
+    return schema
+
+
+_SCHEMA = None
+_SCHEMA_LOCK = threading.Lock()
+
+
+def fake_schema():
+    global _SCHEMA
+    with _SCHEMA_LOCK:
+        if _SCHEMA is None:
+            _SCHEMA = build_fake_schema()
+        return _SCHEMA
+
+
+class GraphQLExecutor:
+    """Parses/validates (cached per query text) and executes against a world."""
+
+    def __init__(self, world: World, cache_size: int = 256):
+        self.world = world
+        self.schema = fake_schema()
+        self._docs: dict[str, tuple] = {}
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def prepare(self, query: str):
+        """Returns (document or None, errors list, operation names)."""
+        with self._lock:
+            hit = self._docs.get(query)
+        if hit is not None:
+            return hit
+        try:
+            doc = parse(query)
+        except GraphQLError as e:
+            err = e.formatted
+            err.setdefault("extensions", {})["code"] = "GRAPHQL_PARSE_FAILED"
+            return None, [err], []
+        errors = validate(self.schema, doc)
+        names = [d.name.value if d.name else None for d in doc.definitions
+                 if isinstance(d, OperationDefinitionNode)]
+        if errors:
+            errs = []
+            for e in errors:
+                f = e.formatted
+                f.setdefault("extensions", {})["code"] = "GRAPHQL_VALIDATION_FAILED"
+                errs.append(f)
+            entry = (None, errs, names)
+        else:
+            entry = (doc, [], names)
+        with self._lock:
+            if len(self._docs) >= self._cache_size:
+                self._docs.clear()
+            self._docs[query] = entry
+        return entry
+
+    def execute(self, query: str, variables=None, operation_name=None) -> dict:
+        doc, errors, _ = self.prepare(query)
+        if doc is None:
+            return {"errors": errors, "data": None}
+        with self.world.lock:
+            result = execute_sync(self.schema, doc, variable_values=variables or None,
+                                  operation_name=operation_name,
+                                  context_value={"world": self.world})
+        out = {}
+        if result.errors:
+            out["errors"] = [e.formatted for e in result.errors]
+        out["data"] = result.data
+        return out
+
+
+# ====================================================================== HTTP server
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "FakeStash/1.0"
+
+    def log_message(self, format, *args):  # noqa: A002 - quiet
+        pass
+
+    def setup(self):
+        super().setup()
+        self.server.fake._register_conn(self.connection)
+
+    def finish(self):
+        try:
+            super().finish()
+        finally:
+            self.server.fake._unregister_conn(self.connection)
+
+    def _send(self, status, body: bytes = b"", ctype="application/json"):
+        self.send_response(status)
+        if body:
+            self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if body:
+            self.wfile.write(body)
+
+    def do_GET(self):
+        url = urlparse(self.path)
+        if url.path.rstrip("/") != "/graphql":
+            return self._send(404, b"404 page not found\n", "text/plain")
+        qs = parse_qs(url.query)
+        payload = {"query": (qs.get("query") or [""])[0]}
+        if qs.get("variables"):
+            try:
+                payload["variables"] = json.loads(qs["variables"][0])
+            except ValueError:
+                payload["variables"] = None
+        if qs.get("operationName"):
+            payload["operationName"] = qs["operationName"][0]
+        self._handle(payload, None)
+
+    def do_POST(self):
+        url = urlparse(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if url.path.rstrip("/") != "/graphql":
+            return self._send(404, b"404 page not found\n", "text/plain")
+        try:
+            payload = json.loads(raw or b"null")
+            if not isinstance(payload, dict):
+                raise ValueError("not an object")
+            err = None
+        except ValueError as e:
+            payload, err = {}, f"json request body could not be decoded: {e}"
+        self._handle(payload, err)
+
+    def _authorized(self, fake) -> bool:
+        if fake.session_cookie is None and fake.api_key is None:
+            return True
+        if fake.api_key is not None and self.headers.get("ApiKey") == fake.api_key:
+            return True
+        if fake.session_cookie is not None:
+            for header in self.headers.get_all("Cookie") or ():
+                try:
+                    c = SimpleCookie(header)
+                except CookieError:
+                    continue
+                if "session" in c and c["session"].value == fake.session_cookie:
+                    return True
+        return False
+
+    def _handle(self, payload, decode_error):
+        fake = self.server.fake
+        query = payload.get("query") or ""
+        variables = payload.get("variables")
+        op_name = payload.get("operationName")
+        names = []
+        if query and decode_error is None:
+            _, _, names = fake.executor.prepare(query)
+        logged_name = op_name or (names[0] if len(names) == 1 else None)
+        fault = fake._take_fault(logged_name)
+        fake._log(logged_name, variables)
+        if fault is not None:
+            delay, fail = fault
+            if delay:
+                time.sleep(delay)
+            if fail is not None:
+                status, body = fail
+                if status == 0:  # drop the connection without an answer
+                    self.close_connection = True
+                    try:
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                    return
+                if isinstance(body, str):
+                    body = body.encode()
+                return self._send(status, body, "text/plain")
+        if not self._authorized(fake):
+            return self._send(401)
+        if decode_error is not None:
+            body = {"errors": [{"message": decode_error}], "data": None}
+            return self._send(400, json.dumps(body).encode())
+        if not query:
+            body = {"errors": [{"message": "no operation provided",
+                                "extensions": {"code": "GRAPHQL_VALIDATION_FAILED"}}],
+                    "data": None}
+            return self._send(422, json.dumps(body).encode())
+        try:
+            result = fake.executor.execute(query, variables, op_name)
+        except Exception as e:  # noqa: BLE001 - report like a server error
+            result = {"errors": [{"message": str(e)}], "data": None}
+        self._send(200, json.dumps(result, separators=(",", ":")).encode())
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 64
+
+
+class FakeStash:
+    """HTTP front end for a :class:`World`.
+
+    ``FakeStash(world, session_cookie=None, api_key=None)``; ``start()`` binds
+    127.0.0.1 (ephemeral port unless ``port`` given) and serves ``/graphql`` in
+    a daemon thread; ``stop()`` closes the listener and every open connection;
+    ``start()`` again reuses the same port. Also a context manager.
+    """
+
+    def __init__(self, world: World, session_cookie: str | None = None,
+                 api_key: str | None = None, port: int = 0, host: str = "127.0.0.1"):
+        self.world = world
+        self.session_cookie = session_cookie
+        self.api_key = api_key
+        if api_key and not world.api_key:
+            world.api_key = api_key
+        self.host = host
+        self.port = port
+        self.executor = GraphQLExecutor(world)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._conns: set = set()
+        self._lock = threading.Lock()
+        self._faults: list[dict] = []
+        self.request_log: list[tuple] = []
+        self.op_counts: Counter = Counter()
+
+    # ------------------------------------------------------------ lifecycle
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def graphql_url(self) -> str:
+        return self.url + "/graphql"
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> "FakeStash":
+        if self._server is not None:
+            return self
+        server = _Server((self.host, self.port), _Handler)
+        server.fake = self
+        self.port = server.server_address[1]
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever,
+                                        kwargs={"poll_interval": 0.05},
+                                        name=f"fake-stash-{self.port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        with self._lock:
+            conns = list(self._conns)
+            self._conns.clear()
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            try:
+                c.close()
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def _register_conn(self, conn):
+        with self._lock:
+            self._conns.add(conn)
+
+    def _unregister_conn(self, conn):
+        with self._lock:
+            self._conns.discard(conn)
+
+    # ------------------------------------------------------------ log
+    def _log(self, op_name, variables):
+        with self._lock:
+            self.request_log.append((op_name, copy.deepcopy(variables)))
+            self.op_counts[op_name] += 1
+
+    def requests(self, operation: str | None = None) -> list[tuple]:
+        """Copy of the request log, optionally only one operation name."""
+        with self._lock:
+            log = list(self.request_log)
+        if operation is None:
+            return log
+        return [e for e in log if e[0] == operation]
+
+    def count(self, operation: str | None = None) -> int:
+        with self._lock:
+            if operation is None:
+                return len(self.request_log)
+            return self.op_counts.get(operation, 0)
+
+    def clear_log(self) -> None:
+        with self._lock:
+            self.request_log.clear()
+            self.op_counts.clear()
+
+    # ------------------------------------------------------------ faults
+    def fail_next(self, n: int = 1, status: int = 503, body: str | bytes = "",
+                  operation: str | None = None) -> None:
+        """The next ``n`` requests (only those whose operation name equals
+        ``operation`` when given) get ``status`` with ``body`` instead of being
+        executed. ``status=0`` drops the connection without any answer."""
+        with self._lock:
+            self._faults.append({"kind": "fail", "left": n, "status": status,
+                                 "body": body, "op": operation})
+
+    def delay_next(self, n: int = 1, seconds: float = 1.0,
+                   operation: str | None = None) -> None:
+        """Delay the next ``n`` (matching) requests by ``seconds``."""
+        with self._lock:
+            self._faults.append({"kind": "delay", "left": n, "seconds": seconds,
+                                 "op": operation})
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def _take_fault(self, op_name):
+        with self._lock:
+            delay, fail = 0.0, None
+            for f in self._faults:
+                if f["left"] <= 0 or (f["op"] is not None and f["op"] != op_name):
+                    continue
+                if f["kind"] == "delay" and not delay:
+                    delay = f["seconds"]
+                    f["left"] -= 1
+                elif f["kind"] == "fail" and fail is None:
+                    fail = (f["status"], f["body"])
+                    f["left"] -= 1
+            self._faults = [f for f in self._faults if f["left"] > 0]
+            if not delay and fail is None:
+                return None
+            return delay, fail
+
+
+# ====================================================================== CLI
+
+def main(argv=None) -> int:
+    from tests.fakes.library import generate_library
+
+    ap = argparse.ArgumentParser(description="Run a fake Stash GraphQL server.")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--scenes", type=int, default=200)
+    ap.add_argument("--tags", type=int, default=60)
+    ap.add_argument("--performers", type=int, default=40)
+    ap.add_argument("--studios", type=int, default=10)
+    ap.add_argument("--groups", type=int, default=8)
+    ap.add_argument("--galleries", type=int, default=20)
+    ap.add_argument("--images", type=int, default=100)
+    ap.add_argument("--endpoint", default="https://stashdb.org/graphql")
+    ap.add_argument("--session-cookie", default=None)
+    ap.add_argument("--api-key", default=None)
+    ap.add_argument("--plugin-settings", default=None,
+                    help="JSON object: plugin id -> settings")
+    ap.add_argument("--dump-stashdb", default=None,
+                    help="write the matching StashDB data as JSON to this path")
+    args = ap.parse_args(argv)
+
+    lib = generate_library(seed=args.seed, scenes=args.scenes, tags=args.tags,
+                           performers=args.performers, studios=args.studios,
+                           groups=args.groups, galleries=args.galleries,
+                           images=args.images, endpoint=args.endpoint)
+    if args.plugin_settings:
+        lib.world.plugin_settings.update(json.loads(args.plugin_settings))
+    if args.dump_stashdb:
+        Path(args.dump_stashdb).write_text(json.dumps(lib.stashdb), encoding="utf-8")
+    fake = FakeStash(lib.world, session_cookie=args.session_cookie,
+                     api_key=args.api_key, port=args.port, host=args.host)
+    fake.start()
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(json.dumps({"url": fake.url, "port": fake.port}), flush=True)
+    while not stop.wait(0.5):
+        pass
+    fake.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
