@@ -1,0 +1,285 @@
+"""Schema of the sidecar SQLite cache: tables, indexes, write-guard triggers and migrations.
+
+The schema lives only here. ``PRAGMA user_version`` holds the version of a cache file;
+``migrate()`` applies the missing steps of ``MIGRATIONS`` in order, each step together with
+its version bump in one transaction, and refuses a file written by a newer version.
+
+Every mirror table carries three guard triggers (INSERT, UPDATE, DELETE) that abort unless the
+connection has attached the in-memory database ``cache_writer`` — which only the sync's own
+connection does (``enable_writes``). Any other connection, a plain ``sqlite3`` shell included,
+gets the read-only-mirror message.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from tm_errors import CacheSchemaError
+
+SCHEMA_VERSION = 2
+WRITER_SCHEMA = "cache_writer"
+READ_ONLY_MESSAGE = (
+    "stash cache is a read-only mirror of Stash: change the data in Stash, then run "
+    "'Cache: Smart Sync' (only the cache sync may write here)"
+)
+
+# updated_at stays exactly as Stash sent it; updated_epoch is its instant (UTC seconds).
+_EPOCH = "updated_epoch INTEGER GENERATED ALWAYS AS (CAST(strftime('%s', updated_at) AS INTEGER)) VIRTUAL"
+_COMMON = "created_at TEXT NOT NULL, updated_at TEXT NOT NULL, content_hash TEXT NOT NULL, " + _EPOCH
+
+ENTITY_TABLES = ("studios", "tags", "performers", "groups", "galleries", "scenes", "images")
+
+# link table -> (owner column, target column, extra columns DDL)
+LINK_TABLES: dict[str, tuple[str, str, str]] = {
+    "tag_parents": ("tag_id", "parent_id", ""),
+    "studio_tags": ("studio_id", "tag_id", ""),
+    "performer_tags": ("performer_id", "tag_id", ""),
+    "group_tags": ("group_id", "tag_id", ""),
+    "gallery_tags": ("gallery_id", "tag_id", ""),
+    "gallery_performers": ("gallery_id", "performer_id", ""),
+    "scene_tags": ("scene_id", "tag_id", ""),
+    "scene_performers": ("scene_id", "performer_id", ""),
+    "scene_groups": ("scene_id", "group_id", ", scene_index INTEGER"),
+    "scene_galleries": ("scene_id", "gallery_id", ""),
+    "image_tags": ("image_id", "tag_id", ""),
+    "image_performers": ("image_id", "performer_id", ""),
+    "image_galleries": ("image_id", "gallery_id", ", position INTEGER NOT NULL"),
+}
+
+_V1_ENTITIES = [
+    f"""CREATE TABLE studios (
+        id INTEGER PRIMARY KEY, name TEXT NOT NULL, parent_id INTEGER,
+        aliases TEXT NOT NULL DEFAULT '[]', urls TEXT NOT NULL DEFAULT '[]', details TEXT,
+        rating100 INTEGER, favorite INTEGER NOT NULL DEFAULT 0, ignore_auto_tag INTEGER NOT NULL DEFAULT 0,
+        {_COMMON})""",
+    f"""CREATE TABLE tags (
+        id INTEGER PRIMARY KEY, name TEXT NOT NULL, sort_name TEXT, description TEXT,
+        aliases TEXT NOT NULL DEFAULT '[]', favorite INTEGER NOT NULL DEFAULT 0,
+        ignore_auto_tag INTEGER NOT NULL DEFAULT 0, {_COMMON})""",
+    f"""CREATE TABLE performers (
+        id INTEGER PRIMARY KEY, name TEXT NOT NULL, disambiguation TEXT, gender TEXT, birthdate TEXT,
+        aliases TEXT NOT NULL DEFAULT '[]', urls TEXT NOT NULL DEFAULT '[]', details TEXT,
+        rating100 INTEGER, favorite INTEGER NOT NULL DEFAULT 0, ignore_auto_tag INTEGER NOT NULL DEFAULT 0,
+        {_COMMON})""",
+    f"""CREATE TABLE groups (
+        id INTEGER PRIMARY KEY, name TEXT NOT NULL, aliases TEXT, date TEXT, rating100 INTEGER,
+        studio_id INTEGER, director TEXT, synopsis TEXT, urls TEXT NOT NULL DEFAULT '[]', {_COMMON})""",
+    f"""CREATE TABLE galleries (
+        id INTEGER PRIMARY KEY, title TEXT, code TEXT, date TEXT, details TEXT, photographer TEXT,
+        rating100 INTEGER, organized INTEGER NOT NULL DEFAULT 0, studio_id INTEGER,
+        urls TEXT NOT NULL DEFAULT '[]', folder_path TEXT, {_COMMON})""",
+    f"""CREATE TABLE scenes (
+        id INTEGER PRIMARY KEY, title TEXT, code TEXT, details TEXT, director TEXT, date TEXT,
+        rating100 INTEGER, organized INTEGER NOT NULL DEFAULT 0, studio_id INTEGER,
+        urls TEXT NOT NULL DEFAULT '[]', {_COMMON})""",
+    f"""CREATE TABLE images (
+        id INTEGER PRIMARY KEY, title TEXT, code TEXT, date TEXT, details TEXT, photographer TEXT,
+        rating100 INTEGER, organized INTEGER NOT NULL DEFAULT 0, studio_id INTEGER,
+        urls TEXT NOT NULL DEFAULT '[]', {_COMMON})""",
+]
+
+_V1_FILES = [
+    """CREATE TABLE scene_files (
+        scene_id INTEGER NOT NULL, position INTEGER NOT NULL, path TEXT NOT NULL, size INTEGER,
+        duration REAL, oshash TEXT, phash TEXT, md5 TEXT, PRIMARY KEY (scene_id, position)) WITHOUT ROWID""",
+    """CREATE TABLE image_files (
+        image_id INTEGER NOT NULL, position INTEGER NOT NULL, path TEXT NOT NULL, size INTEGER,
+        PRIMARY KEY (image_id, position)) WITHOUT ROWID""",
+    """CREATE TABLE gallery_files (
+        gallery_id INTEGER NOT NULL, position INTEGER NOT NULL, path TEXT NOT NULL,
+        PRIMARY KEY (gallery_id, position)) WITHOUT ROWID""",
+    """CREATE TABLE stash_ids (
+        entity_type TEXT NOT NULL, entity_id INTEGER NOT NULL, endpoint TEXT NOT NULL, stash_id TEXT NOT NULL,
+        PRIMARY KEY (entity_type, entity_id, endpoint, stash_id)) WITHOUT ROWID""",
+    "CREATE INDEX stash_ids_stash_id ON stash_ids (stash_id)",
+    "CREATE INDEX stash_ids_entity_id ON stash_ids (entity_id)",
+    "CREATE INDEX scene_files_path ON scene_files (path)",
+    "CREATE INDEX scene_files_oshash ON scene_files (oshash)",
+    "CREATE INDEX scene_files_phash ON scene_files (phash)",
+    "CREATE INDEX image_files_path ON image_files (path)",
+]
+
+_V1_SYNC = [
+    """CREATE TABLE sync_state (
+        entity_type TEXT PRIMARY KEY, cursor TEXT, last_full_sync TEXT, last_incremental_sync TEXT,
+        full_next_page INTEGER, full_cursor TEXT)""",
+    """CREATE TABLE sync_runs (
+        id INTEGER PRIMARY KEY, mode TEXT NOT NULL, started TEXT NOT NULL, finished TEXT,
+        status TEXT NOT NULL, fetched INTEGER NOT NULL DEFAULT 0, upserted INTEGER NOT NULL DEFAULT 0,
+        deleted INTEGER NOT NULL DEFAULT 0, skipped INTEGER NOT NULL DEFAULT 0,
+        stash_requests INTEGER NOT NULL DEFAULT 0, per_type TEXT NOT NULL DEFAULT '{}', error TEXT)""",
+    "CREATE TABLE cache_meta (key TEXT PRIMARY KEY, value TEXT)",
+]
+
+
+def _link_ddl() -> list[str]:
+    """CREATE statements of every link table with an index on each of its two columns."""
+    out = []
+    for table, (owner, target, extra) in LINK_TABLES.items():
+        out.append(
+            f"CREATE TABLE {table} ({owner} INTEGER NOT NULL, {target} INTEGER NOT NULL{extra}, "
+            f"PRIMARY KEY ({owner}, {target})) WITHOUT ROWID"
+        )
+        out.append(f"CREATE INDEX {table}_{owner} ON {table} ({owner})")
+        out.append(f"CREATE INDEX {table}_{target} ON {table} ({target})")
+    return out
+
+
+def _entity_indexes() -> list[str]:
+    """Indexes on the columns that syncs and typical queries filter on."""
+    out = [f"CREATE INDEX {t}_updated_epoch ON {t} (updated_epoch)" for t in ENTITY_TABLES]
+    out += [f"CREATE INDEX {t}_studio_id ON {t} (studio_id)" for t in ("groups", "galleries", "scenes", "images")]
+    out += ["CREATE INDEX studios_parent_id ON studios (parent_id)",
+            "CREATE INDEX tags_name ON tags (name COLLATE NOCASE)",
+            "CREATE INDEX performers_name ON performers (name COLLATE NOCASE)"]
+    return out
+
+
+V1_TABLES = (*ENTITY_TABLES, "scene_files", "image_files", "gallery_files", "stash_ids",
+             *LINK_TABLES, "sync_state", "sync_runs", "cache_meta")
+
+_V2_DERIVED = [
+    """CREATE TABLE image_inherited (
+        image_id INTEGER PRIMARY KEY, gallery_id INTEGER NOT NULL, studio_id INTEGER, date TEXT,
+        photographer TEXT, details TEXT)""",
+    "CREATE INDEX image_inherited_gallery_id ON image_inherited (gallery_id)",
+    "CREATE INDEX image_inherited_studio_id ON image_inherited (studio_id)",
+    """CREATE TABLE image_inherited_performers (
+        image_id INTEGER NOT NULL, performer_id INTEGER NOT NULL, gallery_id INTEGER NOT NULL,
+        PRIMARY KEY (image_id, performer_id)) WITHOUT ROWID""",
+    "CREATE INDEX image_inherited_performers_performer_id ON image_inherited_performers (performer_id)",
+    """CREATE TABLE image_inherited_tags (
+        image_id INTEGER NOT NULL, tag_id INTEGER NOT NULL, gallery_id INTEGER NOT NULL,
+        PRIMARY KEY (image_id, tag_id)) WITHOUT ROWID""",
+    "CREATE INDEX image_inherited_tags_tag_id ON image_inherited_tags (tag_id)",
+    """CREATE TABLE scene_inherited_tags (
+        scene_id INTEGER NOT NULL, tag_id INTEGER NOT NULL, source_type TEXT NOT NULL, source_id INTEGER NOT NULL,
+        PRIMARY KEY (scene_id, tag_id, source_type, source_id)) WITHOUT ROWID""",
+    "CREATE INDEX scene_inherited_tags_tag_id ON scene_inherited_tags (tag_id)",
+    """CREATE TABLE image_counts (
+        entity_type TEXT NOT NULL, entity_id INTEGER NOT NULL, image_count INTEGER NOT NULL,
+        PRIMARY KEY (entity_type, entity_id)) WITHOUT ROWID""",
+    """CREATE TABLE pending_reread (
+        entity_type TEXT NOT NULL, entity_id INTEGER NOT NULL, PRIMARY KEY (entity_type, entity_id)) WITHOUT ROWID""",
+    """CREATE TABLE dirty (
+        entity_type TEXT NOT NULL, entity_id INTEGER NOT NULL, PRIMARY KEY (entity_type, entity_id)) WITHOUT ROWID""",
+    """CREATE VIEW image_effective_links (image_id, entity_type, entity_id) AS
+        SELECT image_id, 'tag', tag_id FROM image_tags
+        UNION SELECT image_id, 'tag', tag_id FROM image_inherited_tags
+        UNION SELECT image_id, 'performer', performer_id FROM image_performers
+        UNION SELECT image_id, 'performer', performer_id FROM image_inherited_performers
+        UNION SELECT id, 'studio', studio_id FROM images WHERE studio_id IS NOT NULL
+        UNION SELECT image_id, 'studio', studio_id FROM image_inherited WHERE studio_id IS NOT NULL
+        UNION SELECT image_id, 'gallery', gallery_id FROM image_galleries""",
+]
+
+V2_TABLES = ("image_inherited", "image_inherited_performers", "image_inherited_tags",
+             "scene_inherited_tags", "image_counts", "pending_reread", "dirty")
+
+MIRROR_TABLES = V1_TABLES + V2_TABLES
+
+
+def guard_triggers(table: str) -> list[str]:
+    """The three triggers that make ``table`` read-only outside the sync's connection."""
+    condition = f"NOT EXISTS (SELECT 1 FROM pragma_database_list WHERE name = '{WRITER_SCHEMA}')"
+    return [
+        f"CREATE TRIGGER {table}_read_only_{event.lower()} BEFORE {event} ON {table} "
+        f"WHEN {condition} BEGIN SELECT RAISE(ABORT, '{READ_ONLY_MESSAGE}'); END"
+        for event in ("INSERT", "UPDATE", "DELETE")
+    ]
+
+
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (1, "mirror tables, links, files, stash ids and sync bookkeeping",
+     _V1_ENTITIES + _V1_FILES + _link_ddl() + _entity_indexes() + _V1_SYNC
+     + [sql for t in V1_TABLES for sql in guard_triggers(t)]),
+    (2, "derived data (image inheritance, scene inherited tags, image counts) and sync work queues",
+     _V2_DERIVED + [sql for t in V2_TABLES for sql in guard_triggers(t)]
+     # caches from version 1 have no derived data yet: have the next sync compute all of it
+     + ["INSERT OR REPLACE INTO cache_meta (key, value) "
+        "SELECT 'derived_full', '1' WHERE EXISTS (SELECT 1 FROM sync_state)"]),
+]
+
+
+@contextmanager
+def atomic(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One transaction (BEGIN IMMEDIATE/COMMIT/ROLLBACK) at top level, a SAVEPOINT when nested."""
+    if conn.in_transaction:
+        name = f"sp_{id(conn)}_{_next_savepoint()}"
+        conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute(f"ROLLBACK TO {name}")
+            conn.execute(f"RELEASE {name}")
+            raise
+        conn.execute(f"RELEASE {name}")
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+_savepoints = iter(range(1, 1 << 62))
+
+
+def _next_savepoint() -> int:
+    """A fresh savepoint number."""
+    return next(_savepoints)
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The ``user_version`` of the open file."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def enable_writes(conn: sqlite3.Connection) -> None:
+    """Switch this connection's write guard on (outside any transaction)."""
+    attached = {row[1] for row in conn.execute("PRAGMA database_list")}
+    if WRITER_SCHEMA not in attached:
+        conn.execute(f"ATTACH DATABASE ':memory:' AS {WRITER_SCHEMA}")
+
+
+def disable_writes(conn: sqlite3.Connection) -> None:
+    """Switch this connection's write guard off again."""
+    attached = {row[1] for row in conn.execute("PRAGMA database_list")}
+    if WRITER_SCHEMA in attached:
+        conn.execute(f"DETACH DATABASE {WRITER_SCHEMA}")
+
+
+def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
+    """Bring the file up to ``target``; returns the version found before. Refuses newer files."""
+    found = schema_version(conn)
+    if found > SCHEMA_VERSION:
+        raise CacheSchemaError(
+            f"The cache file was written by a newer version of tagManager (schema {found}, this version "
+            f"understands up to {SCHEMA_VERSION}). Update the plugin, or delete the cache file and run "
+            "'Cache: Full Sync'."
+        )
+    if found == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+        raise CacheSchemaError(
+            "The cache path points at an SQLite file that is not a tagManager cache. "
+            "Choose another cacheDbPath or move that file away."
+        )
+    for version, _description, statements in MIGRATIONS:
+        if found < version <= target:
+            with atomic(conn):
+                for sql in statements:
+                    conn.execute(sql)
+                conn.execute(f"PRAGMA user_version = {int(version)}")
+    return found
+
+
+def schema_signature(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    """(type, name, normalised SQL) of every schema object, for comparing two files."""
+    rows = conn.execute(
+        "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name"
+    ).fetchall()
+    return [(t, n, " ".join((s or "").split())) for t, n, s in rows]

@@ -1,0 +1,1106 @@
+"""Sidecar SQLite mirror of Stash's entities ("Cache: Full / Incremental / Smart Sync").
+
+How a type is synced (studios, tags, performers, groups, galleries, scenes, images, in that order):
+
+* Full: pages of every entity sorted by id; each page commits with its links and the page
+  marker, so a killed run resumes at its last committed page. The type's cursor becomes the
+  newest ``updated_at`` Stash held when the pass started.
+* Incremental / smart: one *probe* request (total count, count of the cursor window, and the
+  full content of the "recheck" entities), then one *listing* request (ids + ``updated_at`` of
+  the window). Entities whose ``updated_at`` differs from the mirror are fetched by id, oldest
+  first, each chunk committed with the advanced cursor. Smart skips the type when the window
+  is empty; an idle smart sync thus makes two requests per type and writes no entity rows.
+
+Why no update is missed (the cursor is always a text Stash returned, never this machine's clock):
+
+* Stash compares ``updated_at`` as text in the offset the row was written in. The window's lower
+  bound is the cursor instant minus one second rendered at UTC-12:00, the smallest offset in use:
+  any row written at or after the cursor instant, in any offset from -12:00 to +14:00, has a
+  larger local date-time part and therefore a larger text (DST and time-zone moves included).
+* An entity edited again in the same second after it was fetched keeps its ``updated_at``.
+  That can only happen to entities whose ``updated_at`` is at or after the cursor instant,
+  because the cursor never exceeds Stash's clock at the time of fetching; those "recheck"
+  entities are re-read in full on every run and compared by content hash.
+* Deletions leave no trace: when Stash's count differs from the mirror's, the id sets are
+  compared and vanished entities removed; whatever linked to them is queued for re-reading,
+  which also repairs links rewritten by tag merges (which do not touch ``updated_at``).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import cache_schema
+from cache_schema import LINK_TABLES, atomic
+from stash_client import StashClient
+from tm_errors import CacheError, CacheLockedError, CacheSchemaError, SettingsError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PER_PAGE = 1000
+FULL, INCREMENTAL, SMART = "cache_full_sync", "cache_incremental_sync", "cache_smart_sync"
+MIN_OFFSET = timedelta(hours=-12)
+Progress = Callable[[float], None]
+
+
+def _no_progress(_fraction: float) -> None:
+    """Default progress callback."""
+
+
+# ---------------------------------------------------------------------------------------------
+# entity specifications and the GraphQL queries built from them
+
+
+_STASH_IDS = "stash_ids { endpoint stash_id }"
+
+
+@dataclass(frozen=True)
+class EntitySpec:
+    """How one Stash entity type is queried and stored."""
+
+    table: str            # plural: table name and type name in sync_state
+    kind: str             # singular, used in stash_ids.entity_type and image_counts
+    operation: str        # CamelCase part of the operation names
+    find: str             # findScenes
+    filter_arg: str       # scene_filter
+    filter_type: str      # SceneFilterType
+    list_key: str         # scenes
+    fields: str           # GraphQL selection of one entity
+    columns: tuple[str, ...]
+    links: tuple[str, ...]          # link tables this type owns
+    files_table: str | None = None
+    has_stash_ids: bool = False
+
+
+SPECS: tuple[EntitySpec, ...] = (
+    EntitySpec(
+        "studios", "studio", "Studios", "findStudios", "studio_filter", "StudioFilterType", "studios",
+        "id name urls aliases details rating100 favorite ignore_auto_tag created_at updated_at "
+        f"parent_studio {{ id }} tags {{ id }} {_STASH_IDS}",
+        ("id", "name", "parent_id", "aliases", "urls", "details", "rating100", "favorite", "ignore_auto_tag"),
+        ("studio_tags",), has_stash_ids=True),
+    EntitySpec(
+        "tags", "tag", "Tags", "findTags", "tag_filter", "TagFilterType", "tags",
+        "id name sort_name description aliases favorite ignore_auto_tag created_at updated_at "
+        f"parents {{ id }} {_STASH_IDS}",
+        ("id", "name", "sort_name", "description", "aliases", "favorite", "ignore_auto_tag"),
+        ("tag_parents",), has_stash_ids=True),
+    EntitySpec(
+        "performers", "performer", "Performers", "findPerformers", "performer_filter", "PerformerFilterType",
+        "performers",
+        "id name disambiguation gender birthdate alias_list urls details rating100 favorite ignore_auto_tag "
+        f"created_at updated_at tags {{ id }} {_STASH_IDS}",
+        ("id", "name", "disambiguation", "gender", "birthdate", "aliases", "urls", "details", "rating100",
+         "favorite", "ignore_auto_tag"),
+        ("performer_tags",), has_stash_ids=True),
+    EntitySpec(
+        "groups", "group", "Groups", "findGroups", "group_filter", "GroupFilterType", "groups",
+        "id name aliases date rating100 director synopsis urls created_at updated_at studio { id } tags { id }",
+        ("id", "name", "aliases", "date", "rating100", "studio_id", "director", "synopsis", "urls"),
+        ("group_tags",)),
+    EntitySpec(
+        "galleries", "gallery", "Galleries", "findGalleries", "gallery_filter", "GalleryFilterType", "galleries",
+        "id title code date details photographer rating100 organized urls created_at updated_at "
+        "studio { id } folder { path } files { path } tags { id } performers { id }",
+        ("id", "title", "code", "date", "details", "photographer", "rating100", "organized", "studio_id", "urls",
+         "folder_path"),
+        ("gallery_tags", "gallery_performers"), files_table="gallery_files"),
+    EntitySpec(
+        "scenes", "scene", "Scenes", "findScenes", "scene_filter", "SceneFilterType", "scenes",
+        "id title code details director date rating100 organized urls created_at updated_at studio { id } "
+        "files { path size duration fingerprints { type value } } galleries { id } "
+        f"groups {{ group {{ id }} scene_index }} tags {{ id }} performers {{ id }} {_STASH_IDS}",
+        ("id", "title", "code", "details", "director", "date", "rating100", "organized", "studio_id", "urls"),
+        ("scene_tags", "scene_performers", "scene_groups", "scene_galleries"), files_table="scene_files",
+        has_stash_ids=True),
+    EntitySpec(
+        "images", "image", "Images", "findImages", "image_filter", "ImageFilterType", "images",
+        "id title code date details photographer rating100 organized urls created_at updated_at studio { id } "
+        "visual_files { ... on ImageFile { path size } ... on VideoFile { path size } } "
+        "galleries { id } tags { id } performers { id }",
+        ("id", "title", "code", "date", "details", "photographer", "rating100", "organized", "studio_id", "urls"),
+        ("image_tags", "image_performers", "image_galleries"), files_table="image_files"),
+)
+SPEC_BY_TABLE = {spec.table: spec for spec in SPECS}
+
+
+def _page_query(spec: EntitySpec) -> str:
+    """Full content of a page of entities, or of the entities with the given ids."""
+    return (f"query TagManagerCache{spec.operation}Page($filter: FindFilterType, $ids: [ID!]) {{\n"
+            f"  {spec.find}(filter: $filter, ids: $ids) {{ count {spec.list_key} {{ {spec.fields} }} }}\n}}")
+
+
+def _probe_query(spec: EntitySpec) -> str:
+    """Total count, count of the cursor window and the full content of the recheck entities."""
+    return (f"query TagManagerCache{spec.operation}Probe($window: {spec.filter_type}, $recheck: [ID!], "
+            f"$withRecheck: Boolean!) {{\n"
+            f"  total: {spec.find}(filter: {{per_page: 0}}) {{ count }}\n"
+            f"  window: {spec.find}({spec.filter_arg}: $window, filter: {{per_page: 0}}) {{ count }}\n"
+            f"  recheck: {spec.find}(ids: $recheck, filter: {{per_page: -1}}) @include(if: $withRecheck) "
+            f"{{ {spec.list_key} {{ {spec.fields} }} }}\n}}")
+
+
+def _listing_query(spec: EntitySpec) -> str:
+    """Ids and updated_at of the entities in a window (or of all entities)."""
+    return (f"query TagManagerCache{spec.operation}Listing($window: {spec.filter_type}, $filter: FindFilterType) {{\n"
+            f"  {spec.find}({spec.filter_arg}: $window, filter: $filter) {{ count {spec.list_key} {{ id updated_at }} }}\n}}")
+
+
+def _latest_query(spec: EntitySpec) -> str:
+    """The newest updated_at (as text) Stash holds for the type, with the total count."""
+    return (f"query TagManagerCache{spec.operation}Latest {{\n"
+            f"  {spec.find}(filter: {{per_page: 1, sort: \"updated_at\", direction: DESC}}) "
+            f"{{ count {spec.list_key} {{ id updated_at }} }}\n}}")
+
+
+PAGE_QUERIES = {spec.table: _page_query(spec) for spec in SPECS}
+PROBE_QUERIES = {spec.table: _probe_query(spec) for spec in SPECS}
+LISTING_QUERIES = {spec.table: _listing_query(spec) for spec in SPECS}
+LATEST_QUERIES = {spec.table: _latest_query(spec) for spec in SPECS}
+ALL_QUERIES: tuple[str, ...] = (*PAGE_QUERIES.values(), *PROBE_QUERIES.values(),
+                                *LISTING_QUERIES.values(), *LATEST_QUERIES.values())
+
+# target type -> (table, column, owning type) of every mirrored reference to it; whatever
+# referenced a vanished entity is re-read, since Stash rewrites such links silently.
+REFERENCES: dict[str, tuple[tuple[str, str, str, str], ...]] = {
+    "studios": (("studios", "parent_id", "id", "studios"), ("groups", "studio_id", "id", "groups"),
+                ("galleries", "studio_id", "id", "galleries"), ("scenes", "studio_id", "id", "scenes"),
+                ("images", "studio_id", "id", "images")),
+    "tags": (("tag_parents", "parent_id", "tag_id", "tags"), ("studio_tags", "tag_id", "studio_id", "studios"),
+             ("performer_tags", "tag_id", "performer_id", "performers"),
+             ("group_tags", "tag_id", "group_id", "groups"), ("gallery_tags", "tag_id", "gallery_id", "galleries"),
+             ("scene_tags", "tag_id", "scene_id", "scenes"), ("image_tags", "tag_id", "image_id", "images")),
+    "performers": (("gallery_performers", "performer_id", "gallery_id", "galleries"),
+                   ("scene_performers", "performer_id", "scene_id", "scenes"),
+                   ("image_performers", "performer_id", "image_id", "images")),
+    "groups": (("scene_groups", "group_id", "scene_id", "scenes"),),
+    "galleries": (("scene_galleries", "gallery_id", "scene_id", "scenes"),
+                  ("image_galleries", "gallery_id", "image_id", "images")),
+    "scenes": (),
+    "images": (),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# result
+
+
+@dataclass(frozen=True)
+class TypeStats:
+    """What one run did to one entity type."""
+
+    fetched: int = 0
+    upserted: int = 0
+    deleted: int = 0
+    skipped: bool = False
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class CacheSyncResult:
+    """Summary of one cache sync run (``asdict()`` is the task's JSON output)."""
+
+    mode: str
+    status: str
+    db_path: str
+    started: str
+    finished: str
+    seconds: float
+    stash_requests: int
+    per_type: dict[str, TypeStats] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    run_id: int = 0
+
+    @property
+    def fetched(self) -> int:
+        """Entities read from Stash in total."""
+        return sum(s.fetched for s in self.per_type.values())
+
+    @property
+    def upserted(self) -> int:
+        """Entities written to the mirror in total."""
+        return sum(s.upserted for s in self.per_type.values())
+
+    @property
+    def deleted(self) -> int:
+        """Entities removed from the mirror in total."""
+        return sum(s.deleted for s in self.per_type.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form with totals."""
+        out = asdict(self)
+        out.update(fetched=self.fetched, upserted=self.upserted, deleted=self.deleted)
+        return out
+
+    def __str__(self) -> str:
+        parts = []
+        for table, s in self.per_type.items():
+            if s.skipped:
+                parts.append(f"{table} unchanged")
+            else:
+                parts.append(f"{table} {s.fetched} fetched/{s.upserted} written/{s.deleted} deleted")
+        text = (f"Cache {self.mode.removeprefix('cache_').replace('_', ' ')} {self.status} in {self.seconds:.1f} s "
+                f"with {self.stash_requests} Stash requests: " + ", ".join(parts) + ".")
+        if self.warnings:
+            text += " Warnings: " + " ".join(self.warnings)
+        return text
+
+
+# ---------------------------------------------------------------------------------------------
+# time handling
+
+
+def parse_stash_time(text: str) -> datetime:
+    """Parse an RFC3339 timestamp as Stash renders it (offset or Z) into an aware datetime."""
+    value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if value.tzinfo is None:
+        raise ValueError("timestamp without UTC offset")
+    return value
+
+
+def epoch_of(text: str) -> int:
+    """UTC seconds of a Stash timestamp (sub-seconds dropped, as Stash stores whole seconds)."""
+    return int(parse_stash_time(text).timestamp() // 1)
+
+
+def window_lower_bound(epoch: int) -> str:
+    """Text L such that every row written at or after ``epoch``, in any UTC offset, compares > L."""
+    instant = datetime.fromtimestamp(epoch - 1, timezone.utc).astimezone(timezone(MIN_OFFSET))
+    return instant.strftime("%Y-%m-%dT%H:%M:%S") + "-12:00"
+
+
+def parse_since(since: str | None) -> int | None:
+    """Validate the ``since`` task argument; returns its epoch seconds."""
+    if since is None or str(since).strip() == "":
+        return None
+    try:
+        return epoch_of(str(since).strip())
+    except (ValueError, TypeError):
+        raise SettingsError(
+            f"since must be an RFC3339 time with a UTC offset, e.g. 2024-05-01T12:00:00+02:00 (got {since!r})"
+        ) from None
+
+
+def _now_text() -> str:
+    """This machine's time, used only for run bookkeeping (never as a cursor)."""
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------------------------------------
+# opening, locking
+
+
+def default_cache_path(plugin_dir: Path) -> Path:
+    """Where the cache lives unless ``cacheDbPath`` says otherwise."""
+    return Path(plugin_dir) / "data" / "stash_cache.sqlite3"
+
+
+def _prepare_file(db_path: Path) -> None:
+    """Create the folder and an owner-only file (without truncating an existing one)."""
+    try:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(db_path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        os.chmod(db_path, 0o600)
+    except OSError as exc:
+        raise CacheError(
+            f"Cannot create the cache file {db_path} ({exc.strerror or exc}). "
+            "Set cacheDbPath to a writable location."
+        ) from None
+
+
+def open_cache(db_path: Path, writer: bool = True) -> sqlite3.Connection:
+    """Open (creating and migrating when ``writer``) the cache; the writer's guard is switched on."""
+    db_path = Path(db_path)
+    if writer:
+        _prepare_file(db_path)
+    elif not db_path.exists():
+        raise CacheError(f"There is no cache at {db_path} yet: run 'Cache: Full Sync' first.")
+    try:
+        conn = sqlite3.connect(str(db_path), isolation_level=None, timeout=30.0, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 30000")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] if writer else "wal"
+        if str(mode).lower() != "wal":
+            log.warning(f"SQLite refused WAL mode for {db_path} (journal mode {mode})")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = OFF")
+        if writer:
+            cache_schema.enable_writes(conn)
+            cache_schema.migrate(conn)
+        elif cache_schema.schema_version(conn) > cache_schema.SCHEMA_VERSION:
+            cache_schema.migrate(conn)  # raises the newer-version error
+    except CacheSchemaError:
+        raise
+    except sqlite3.DatabaseError as exc:
+        raise CacheSchemaError(
+            f"{db_path} is not a usable SQLite cache ({exc}). Move it away or delete it, "
+            "then run 'Cache: Full Sync'."
+        ) from None
+    return conn
+
+
+class CacheLock:
+    """Exclusive ``flock`` on ``<cache>.lock``; the kernel drops it when the holder dies (even SIGKILL)."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.path = Path(str(db_path) + ".lock")
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock at once or raise CacheLockedError."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise CacheError(f"Cannot create the cache lock file {self.path} ({exc.strerror or exc}). "
+                             "Set cacheDbPath to a writable location.") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _read_holder(fd)
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise CacheLockedError(
+                    f"Another cache sync{holder} is running on {self.path.with_suffix('')}; "
+                    "this run changed nothing. Wait for it to finish (or cancel it) and try again."
+                ) from None
+            raise CacheError(f"Cannot lock {self.path}: {exc}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {_now_text()}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        """Drop the lock (the lock file stays; an unlocked file means no sync is running)."""
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> CacheLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    """' (pid N since T)' from the lock file, or ''."""
+    try:
+        text = os.pread(fd, 200, 0).decode(errors="replace").split()
+        return f" (pid {text[0]} since {text[1]})" if len(text) >= 2 else ""
+    except OSError:
+        return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# turning Stash items into rows
+
+
+def _flag(value: Any) -> int:
+    """Booleans as 0/1."""
+    return 1 if value else 0
+
+
+def _json_list(value: Any) -> str:
+    """A list as compact JSON text (None becomes [])."""
+    return json.dumps(list(value or []), ensure_ascii=False, separators=(",", ":"))
+
+
+def _ref(value: Any) -> int | None:
+    """The integer id of a ``{id}`` object, or None."""
+    return int(value["id"]) if value else None
+
+
+def content_hash(item: dict) -> str:
+    """Hash of an item exactly as Stash sent it (field order is fixed by the query)."""
+    raw = json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode()
+    return hashlib.blake2b(raw, digest_size=12).hexdigest()
+
+
+def _row(spec: EntitySpec, item: dict) -> tuple:
+    """The entity table row of one item (columns of ``spec`` + created/updated/hash)."""
+    t = spec.table
+    if t == "studios":
+        values = (item["name"], _ref(item.get("parent_studio")), _json_list(item.get("aliases")),
+                  _json_list(item.get("urls")), item.get("details"), item.get("rating100"),
+                  _flag(item.get("favorite")), _flag(item.get("ignore_auto_tag")))
+    elif t == "tags":
+        values = (item["name"], item.get("sort_name"), item.get("description"), _json_list(item.get("aliases")),
+                  _flag(item.get("favorite")), _flag(item.get("ignore_auto_tag")))
+    elif t == "performers":
+        values = (item["name"], item.get("disambiguation"), item.get("gender"), item.get("birthdate"),
+                  _json_list(item.get("alias_list")), _json_list(item.get("urls")), item.get("details"),
+                  item.get("rating100"), _flag(item.get("favorite")), _flag(item.get("ignore_auto_tag")))
+    elif t == "groups":
+        values = (item["name"], item.get("aliases"), item.get("date"), item.get("rating100"),
+                  _ref(item.get("studio")), item.get("director"), item.get("synopsis"), _json_list(item.get("urls")))
+    elif t == "galleries":
+        folder = item.get("folder") or {}
+        values = (item.get("title"), item.get("code"), item.get("date"), item.get("details"),
+                  item.get("photographer"), item.get("rating100"), _flag(item.get("organized")),
+                  _ref(item.get("studio")), _json_list(item.get("urls")), folder.get("path"))
+    elif t == "scenes":
+        values = (item.get("title"), item.get("code"), item.get("details"), item.get("director"), item.get("date"),
+                  item.get("rating100"), _flag(item.get("organized")), _ref(item.get("studio")),
+                  _json_list(item.get("urls")))
+    else:
+        values = (item.get("title"), item.get("code"), item.get("date"), item.get("details"),
+                  item.get("photographer"), item.get("rating100"), _flag(item.get("organized")),
+                  _ref(item.get("studio")), _json_list(item.get("urls")))
+    return (int(item["id"]), *values, item["created_at"], item["updated_at"], content_hash(item))
+
+
+def _ids(objs: Any) -> list[int]:
+    """Distinct integer ids of a list of ``{id}`` objects, in Stash's order."""
+    return list(dict.fromkeys(int(o["id"]) for o in objs or []))
+
+
+def _links(spec: EntitySpec, item: dict) -> dict[str, list[tuple]]:
+    """Rows of the link tables this item owns."""
+    eid = int(item["id"])
+    t = spec.table
+    if t == "studios":
+        return {"studio_tags": [(eid, x) for x in _ids(item.get("tags"))]}
+    if t == "tags":
+        return {"tag_parents": [(eid, x) for x in _ids(item.get("parents"))]}
+    if t == "performers":
+        return {"performer_tags": [(eid, x) for x in _ids(item.get("tags"))]}
+    if t == "groups":
+        return {"group_tags": [(eid, x) for x in _ids(item.get("tags"))]}
+    if t == "galleries":
+        return {"gallery_tags": [(eid, x) for x in _ids(item.get("tags"))],
+                "gallery_performers": [(eid, x) for x in _ids(item.get("performers"))]}
+    if t == "scenes":
+        groups: dict[int, Any] = {}
+        for g in item.get("groups") or []:
+            groups.setdefault(int(g["group"]["id"]), g.get("scene_index"))
+        return {"scene_tags": [(eid, x) for x in _ids(item.get("tags"))],
+                "scene_performers": [(eid, x) for x in _ids(item.get("performers"))],
+                "scene_groups": [(eid, gid, index) for gid, index in groups.items()],
+                "scene_galleries": [(eid, x) for x in _ids(item.get("galleries"))]}
+    return {"image_tags": [(eid, x) for x in _ids(item.get("tags"))],
+            "image_performers": [(eid, x) for x in _ids(item.get("performers"))],
+            "image_galleries": [(eid, x, pos) for pos, x in enumerate(_ids(item.get("galleries")))]}
+
+
+def _files(spec: EntitySpec, item: dict) -> list[tuple]:
+    """Rows of the files table this item owns."""
+    eid = int(item["id"])
+    if spec.table == "scenes":
+        out = []
+        for pos, f in enumerate(item.get("files") or []):
+            prints = {fp["type"]: fp["value"] for fp in f.get("fingerprints") or []}
+            out.append((eid, pos, f["path"], f.get("size"), f.get("duration"),
+                        prints.get("oshash"), prints.get("phash"), prints.get("md5")))
+        return out
+    if spec.table == "images":
+        return [(eid, pos, f["path"], f.get("size")) for pos, f in enumerate(item.get("visual_files") or [])
+                if f and f.get("path") is not None]
+    if spec.table == "galleries":
+        return [(eid, pos, f["path"]) for pos, f in enumerate(item.get("files") or [])]
+    return []
+
+
+_FILE_COLUMNS = {"scene_files": 8, "image_files": 4, "gallery_files": 3}
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+def _upsert_sql(spec: EntitySpec) -> str:
+    """INSERT ... ON CONFLICT(id) DO UPDATE for the entity table."""
+    cols = (*spec.columns, "created_at", "updated_at", "content_hash")
+    sets = ", ".join(f"{c} = excluded.{c}" for c in cols[1:])
+    return (f"INSERT INTO {spec.table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+            f"ON CONFLICT(id) DO UPDATE SET {sets}")
+
+
+def _chunks(seq: Sequence, size: int) -> Iterator[Sequence]:
+    """Consecutive slices of at most ``size`` items."""
+    for start in range(0, len(seq), size):
+        yield seq[start:start + size]
+
+
+def _existing_hashes(conn: sqlite3.Connection, table: str, ids: Sequence[int]) -> dict[int, str]:
+    """id -> content_hash of the mirror rows among ``ids``."""
+    out: dict[int, str] = {}
+    for chunk in _chunks(ids, 900):
+        marks = ",".join("?" * len(chunk))
+        out.update(conn.execute(f"SELECT id, content_hash FROM {table} WHERE id IN ({marks})", chunk).fetchall())
+    return out
+
+
+def write_items(conn: sqlite3.Connection, spec: EntitySpec, items: Iterable[dict], mark_dirty: bool = True) -> int:
+    """Upsert the items whose content changed, replacing their links, files and stash ids; returns how many.
+
+    Must run inside a transaction. ``mark_dirty`` queues them for the derived-data refresh.
+    """
+    rows, by_id = [], {}
+    for item in items:
+        row = _row(spec, item)
+        rows.append(row)
+        by_id[row[0]] = item
+    if not rows:
+        return 0
+    existing = _existing_hashes(conn, spec.table, [r[0] for r in rows])
+    changed = [r for r in rows if existing.get(r[0]) != r[-1]]
+    if not changed:
+        return 0
+    old_ids = [(r[0],) for r in changed if r[0] in existing]
+    conn.executemany(_upsert_sql(spec), changed)
+    owned = list(spec.links) + ([spec.files_table] if spec.files_table else [])
+    if old_ids:
+        for table in owned:
+            owner = LINK_TABLES[table][0] if table in LINK_TABLES else f"{spec.kind}_id"
+            conn.executemany(f"DELETE FROM {table} WHERE {owner} = ?", old_ids)
+        if spec.has_stash_ids:
+            conn.executemany("DELETE FROM stash_ids WHERE entity_type = ? AND entity_id = ?",
+                             [(spec.kind, i) for (i,) in old_ids])
+    link_rows: dict[str, list[tuple]] = {t: [] for t in spec.links}
+    file_rows: list[tuple] = []
+    stash_rows: list[tuple] = []
+    for row in changed:
+        item = by_id[row[0]]
+        for table, values in _links(spec, item).items():
+            link_rows[table].extend(values)
+        if spec.files_table:
+            file_rows.extend(_files(spec, item))
+        if spec.has_stash_ids:
+            stash_rows.extend(dict.fromkeys((spec.kind, row[0], s["endpoint"], s["stash_id"])
+                                            for s in item.get("stash_ids") or []))
+    for table, values in link_rows.items():
+        if values:
+            width = len(values[0])
+            conn.executemany(f"INSERT OR IGNORE INTO {table} VALUES ({','.join('?' * width)})", values)
+    if file_rows:
+        width = _FILE_COLUMNS[spec.files_table]
+        conn.executemany(f"INSERT INTO {spec.files_table} VALUES ({','.join('?' * width)})", file_rows)
+    if stash_rows:
+        conn.executemany("INSERT OR IGNORE INTO stash_ids VALUES (?, ?, ?, ?)", stash_rows)
+    if mark_dirty:
+        conn.executemany("INSERT OR IGNORE INTO dirty VALUES (?, ?)", [(spec.table, r[0]) for r in changed])
+    return len(changed)
+
+
+def delete_entities(conn: sqlite3.Connection, spec: EntitySpec, ids: Sequence[int]) -> int:
+    """Remove entities with their own links, files and stash ids; queue whatever linked to them.
+
+    Must run inside a transaction. Returns how many mirror rows were removed.
+    """
+    if not ids:
+        return 0
+    gone = set(ids)
+    params = [(i,) for i in ids]
+    for table, column, owner, owner_type in REFERENCES[spec.table]:
+        for chunk in _chunks(list(ids), 900):
+            marks = ",".join("?" * len(chunk))
+            rows = conn.execute(f"SELECT DISTINCT {owner} FROM {table} WHERE {column} IN ({marks})", chunk).fetchall()
+            queued = [(owner_type, r[0]) for r in rows if not (owner_type == spec.table and r[0] in gone)]
+            conn.executemany("INSERT OR IGNORE INTO pending_reread VALUES (?, ?)", queued)
+    owned = list(spec.links) + ([spec.files_table] if spec.files_table else [])
+    for table in owned:
+        owner = LINK_TABLES[table][0] if table in LINK_TABLES else f"{spec.kind}_id"
+        conn.executemany(f"DELETE FROM {table} WHERE {owner} = ?", params)
+    conn.executemany("DELETE FROM stash_ids WHERE entity_type = ? AND entity_id = ?", [(spec.kind, i) for i in ids])
+    conn.executemany("DELETE FROM pending_reread WHERE entity_type = ? AND entity_id = ?",
+                     [(spec.table, i) for i in ids])
+    before = conn.total_changes
+    conn.executemany(f"DELETE FROM {spec.table} WHERE id = ?", params)
+    removed = conn.total_changes - before
+    conn.executemany("INSERT OR IGNORE INTO dirty VALUES (?, ?)", [(spec.table, i) for i in ids])
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# derived data
+
+
+def _fill_temp(conn: sqlite3.Connection, name: str, sql: str, params: Sequence = ()) -> int:
+    """(Re)create TEMP table ``name(id)`` from a SELECT of ids; returns its size."""
+    conn.execute(f"DROP TABLE IF EXISTS temp.{name}")
+    conn.execute(f"CREATE TEMP TABLE {name} (id INTEGER PRIMARY KEY)")
+    conn.execute(f"INSERT OR IGNORE INTO temp.{name} (id) {sql}", params)
+    return conn.execute(f"SELECT count(*) FROM temp.{name}").fetchone()[0]
+
+
+def _meta(conn: sqlite3.Connection, key: str) -> str | None:
+    """A value of cache_meta."""
+    row = conn.execute("SELECT value FROM cache_meta WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else None
+
+
+def refresh_derived(conn: sqlite3.Connection) -> dict[str, int]:
+    """Recompute derived data for what changed since the last refresh (everything after a full sync).
+
+    The single place derived data is computed, whatever the mode: image inheritance from the first
+    gallery, scene tags inherited from performers/studio/groups, and image counts.
+    """
+    with atomic(conn):
+        full = _meta(conn, "derived_full") == "1"
+        if full:
+            n_images = _fill_temp(conn, "aff_images", "SELECT id FROM images")
+            n_scenes = _fill_temp(conn, "aff_scenes", "SELECT id FROM scenes")
+        else:
+            n_images = _fill_temp(conn, "aff_images", """
+                SELECT entity_id FROM dirty WHERE entity_type = 'images'
+                UNION SELECT ig.image_id FROM image_galleries ig
+                  JOIN dirty d ON d.entity_type = 'galleries' AND d.entity_id = ig.gallery_id""")
+            n_scenes = _fill_temp(conn, "aff_scenes", """
+                SELECT entity_id FROM dirty WHERE entity_type = 'scenes'
+                UNION SELECT sp.scene_id FROM scene_performers sp
+                  JOIN dirty d ON d.entity_type = 'performers' AND d.entity_id = sp.performer_id
+                UNION SELECT s.id FROM scenes s
+                  JOIN dirty d ON d.entity_type = 'studios' AND d.entity_id = s.studio_id
+                UNION SELECT sg.scene_id FROM scene_groups sg
+                  JOIN dirty d ON d.entity_type = 'groups' AND d.entity_id = sg.group_id""")
+        if n_images:
+            _refresh_image_inheritance(conn)
+        if n_scenes:
+            _refresh_scene_inherited_tags(conn)
+        counts = _refresh_image_counts(conn) if (n_images or full) else 0
+        conn.execute("DELETE FROM dirty")
+        conn.execute("DELETE FROM cache_meta WHERE key = 'derived_full'")
+        conn.execute("DROP TABLE IF EXISTS temp.aff_images")
+        conn.execute("DROP TABLE IF EXISTS temp.aff_scenes")
+    return {"images": n_images, "scenes": n_scenes, "image_counts": counts}
+
+
+def _refresh_image_inheritance(conn: sqlite3.Connection) -> None:
+    """Images take studio, date, photographer, details, performers and tags from their first gallery."""
+    for table in ("image_inherited", "image_inherited_performers", "image_inherited_tags"):
+        conn.execute(f"DELETE FROM {table} WHERE image_id IN (SELECT id FROM temp.aff_images)")
+    conn.execute("""
+        INSERT INTO image_inherited (image_id, gallery_id, studio_id, date, photographer, details)
+        SELECT i.id, g.id,
+               CASE WHEN i.studio_id IS NULL THEN g.studio_id END,
+               CASE WHEN coalesce(i.date, '') = '' THEN nullif(g.date, '') END,
+               CASE WHEN coalesce(i.photographer, '') = '' THEN nullif(g.photographer, '') END,
+               CASE WHEN coalesce(i.details, '') = '' THEN nullif(g.details, '') END
+        FROM temp.aff_images a
+        JOIN images i ON i.id = a.id
+        JOIN image_galleries ig ON ig.image_id = i.id
+        JOIN galleries g ON g.id = ig.gallery_id
+        WHERE ig.position = (SELECT min(ig2.position) FROM image_galleries ig2
+                             JOIN galleries g2 ON g2.id = ig2.gallery_id WHERE ig2.image_id = i.id)""")
+    conn.execute("""
+        INSERT INTO image_inherited_performers (image_id, performer_id, gallery_id)
+        SELECT ii.image_id, gp.performer_id, ii.gallery_id
+        FROM image_inherited ii JOIN gallery_performers gp ON gp.gallery_id = ii.gallery_id
+        WHERE ii.image_id IN (SELECT id FROM temp.aff_images)
+          AND NOT EXISTS (SELECT 1 FROM image_performers ip WHERE ip.image_id = ii.image_id)""")
+    conn.execute("""
+        INSERT INTO image_inherited_tags (image_id, tag_id, gallery_id)
+        SELECT ii.image_id, gt.tag_id, ii.gallery_id
+        FROM image_inherited ii JOIN gallery_tags gt ON gt.gallery_id = ii.gallery_id
+        WHERE ii.image_id IN (SELECT id FROM temp.aff_images)
+          AND NOT EXISTS (SELECT 1 FROM image_tags it WHERE it.image_id = ii.image_id)""")
+
+
+def _refresh_scene_inherited_tags(conn: sqlite3.Connection) -> None:
+    """Scenes inherit the tags of their performers, studio and groups (with the source)."""
+    conn.execute("DELETE FROM scene_inherited_tags WHERE scene_id IN (SELECT id FROM temp.aff_scenes)")
+    conn.execute("""
+        INSERT OR IGNORE INTO scene_inherited_tags (scene_id, tag_id, source_type, source_id)
+        SELECT sp.scene_id, pt.tag_id, 'performer', sp.performer_id
+          FROM scene_performers sp JOIN performer_tags pt ON pt.performer_id = sp.performer_id
+         WHERE sp.scene_id IN (SELECT id FROM temp.aff_scenes)
+        UNION ALL
+        SELECT s.id, st.tag_id, 'studio', s.studio_id
+          FROM scenes s JOIN studio_tags st ON st.studio_id = s.studio_id
+         WHERE s.id IN (SELECT id FROM temp.aff_scenes)
+        UNION ALL
+        SELECT sg.scene_id, gt.tag_id, 'group', sg.group_id
+          FROM scene_groups sg JOIN group_tags gt ON gt.group_id = sg.group_id
+         WHERE sg.scene_id IN (SELECT id FROM temp.aff_scenes)""")
+
+
+def _refresh_image_counts(conn: sqlite3.Connection) -> int:
+    """Distinct images per tag, performer, studio and gallery (own or inherited links); rewrites only changes."""
+    conn.execute("DROP TABLE IF EXISTS temp.new_counts")
+    conn.execute("""CREATE TEMP TABLE new_counts AS
+        SELECT entity_type, entity_id, count(*) AS image_count FROM image_effective_links
+        GROUP BY entity_type, entity_id""")
+    before = conn.total_changes
+    conn.execute("""DELETE FROM image_counts WHERE NOT EXISTS (
+        SELECT 1 FROM temp.new_counts n WHERE n.entity_type = image_counts.entity_type
+        AND n.entity_id = image_counts.entity_id)""")
+    conn.execute("""INSERT INTO image_counts (entity_type, entity_id, image_count)
+        SELECT entity_type, entity_id, image_count FROM temp.new_counts WHERE true
+        ON CONFLICT (entity_type, entity_id) DO UPDATE SET image_count = excluded.image_count
+        WHERE image_count != excluded.image_count""")
+    conn.execute("DROP TABLE temp.new_counts")
+    return conn.total_changes - before
+
+
+# ---------------------------------------------------------------------------------------------
+# the sync engine
+
+
+@dataclass
+class _TypeRun:
+    """Mutable counters for one type during a run."""
+
+    fetched: int = 0
+    upserted: int = 0
+    deleted: int = 0
+    skipped: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def frozen(self) -> TypeStats:
+        """The immutable summary."""
+        return TypeStats(self.fetched, self.upserted, self.deleted, self.skipped, " ".join(self.notes))
+
+
+class CacheSync:
+    """One sync run over an open, locked cache connection."""
+
+    def __init__(self, stash: StashClient, conn: sqlite3.Connection, mode: str, since: int | None = None,
+                 per_page: int = DEFAULT_PER_PAGE, progress: Progress = _no_progress) -> None:
+        self.stash = stash
+        self.conn = conn
+        self.mode = mode
+        self.since = since
+        self.per_page = max(1, min(int(per_page), 1000))
+        self.progress = progress
+        self.warnings: list[str] = []
+        self.stats: dict[str, _TypeRun] = {}
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _state(self, spec: EntitySpec) -> dict[str, Any]:
+        """The type's sync_state row as a dict (empty values when never synced)."""
+        cur = self.conn.execute("SELECT cursor, last_full_sync, last_incremental_sync, full_next_page, full_cursor "
+                                "FROM sync_state WHERE entity_type = ?", (spec.table,))
+        row = cur.fetchone() or (None, None, None, None, None)
+        return dict(zip(("cursor", "last_full_sync", "last_incremental_sync", "full_next_page", "full_cursor"), row))
+
+    def _set_state(self, spec: EntitySpec, **values: Any) -> None:
+        """Update columns of the type's sync_state row (inside the caller's transaction)."""
+        self.conn.execute("INSERT OR IGNORE INTO sync_state (entity_type) VALUES (?)", (spec.table,))
+        for column, value in values.items():
+            self.conn.execute(f"UPDATE sync_state SET {column} = ? WHERE entity_type = ?", (value, spec.table))
+
+    def _advance_cursor(self, spec: EntitySpec, candidate: str | None) -> None:
+        """Move the type's cursor to ``candidate`` when it is a later instant (inside a transaction)."""
+        if candidate is None:
+            return
+        current = self._state(spec)["cursor"]
+        if current is None or epoch_of(candidate) > epoch_of(current):
+            self._set_state(spec, cursor=candidate)
+
+    def _mirror_count(self, spec: EntitySpec) -> int:
+        """How many entities of the type the mirror holds."""
+        return self.conn.execute(f"SELECT count(*) FROM {spec.table}").fetchone()[0]
+
+    def _call(self, query: str, variables: dict[str, Any] | None = None) -> dict:
+        """One Stash request."""
+        return self.stash.call(query, variables)
+
+    # -- run -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Sync every type in dependency order, then refresh derived data."""
+        if self.mode == FULL:
+            with atomic(self.conn):
+                self.conn.execute("INSERT OR REPLACE INTO cache_meta VALUES ('derived_full', '1')")
+        for index, spec in enumerate(SPECS):
+            self.stats[spec.table] = _TypeRun()
+            base, share = index / len(SPECS), 0.95 / len(SPECS)
+            self._sync_type(spec, lambda f, b=base, s=share: self.progress(min(1.0, b * 0.95 + f * s)))
+            self.progress((index + 1) / len(SPECS) * 0.95)
+        derived = refresh_derived(self.conn)
+        log.debug(f"derived data refreshed: {derived}")
+        self.progress(1.0)
+
+    def _sync_type(self, spec: EntitySpec, progress: Progress) -> None:
+        """Sync one entity type according to the mode."""
+        state = self._state(spec)
+        stats = self.stats[spec.table]
+        if self.mode == FULL or (state["cursor"] is None and self.since is None):
+            if self.mode != FULL:
+                stats.notes.append("no cursor yet: read in full.")
+            self._full_pass(spec, state, progress)
+        else:
+            self._window_pass(spec, state, progress)
+        self._process_rereads(spec)
+        log.info(f"cache {spec.table}: " + ("unchanged" if stats.skipped else
+                 f"{stats.fetched} fetched, {stats.upserted} written, {stats.deleted} deleted"))
+
+    # -- full ------------------------------------------------------------------------------
+
+    def _full_pass(self, spec: EntitySpec, state: dict[str, Any], progress: Progress) -> None:
+        """Read every entity page by page (resuming a killed full pass), then reconcile deletions."""
+        stats = self.stats[spec.table]
+        page, target = state["full_next_page"], state["full_cursor"]
+        resumed = bool(page)
+        if not page:
+            latest = self._call(LATEST_QUERIES[spec.table])[spec.find]
+            newest = latest[spec.list_key]
+            target = newest[0]["updated_at"] if newest else None
+            page = 1
+            with atomic(self.conn):
+                self._set_state(spec, full_next_page=1, full_cursor=target)
+        else:
+            log.info(f"cache {spec.table}: resuming the full read at page {page}")
+        counts: set[int] = set()
+        mark_dirty = self.mode != FULL
+        while True:
+            data = self._call(PAGE_QUERIES[spec.table],
+                              {"filter": {"page": page, "per_page": self.per_page, "sort": "id", "direction": "ASC"}})
+            result = data[spec.find]
+            items = result[spec.list_key]
+            counts.add(result["count"])
+            with atomic(self.conn):
+                stats.upserted += write_items(self.conn, spec, items, mark_dirty=mark_dirty)
+                self._set_state(spec, full_next_page=page + 1)
+            stats.fetched += len(items)
+            log.debug(f"cache {spec.table}: page {page} ({len(items)} items)")
+            total = max(result["count"], 1)
+            progress(min(1.0, page * self.per_page / total))
+            if len(items) < self.per_page or page * self.per_page >= result["count"]:
+                break
+            page += 1
+        stash_count = result["count"]
+        if resumed or len(counts) > 1 or stash_count != self._mirror_count(spec):
+            self._reconcile(spec, allow_mass_delete=True)
+        with atomic(self.conn):
+            self._set_state(spec, full_next_page=None, full_cursor=None, last_full_sync=_now_text())
+            if target is not None:
+                self._set_state(spec, cursor=target)
+
+    # -- incremental / smart ---------------------------------------------------------------
+
+    def _window_pass(self, spec: EntitySpec, state: dict[str, Any], progress: Progress) -> None:
+        """Probe, list the window, fetch what differs, reconcile deletions, advance the cursor."""
+        stats = self.stats[spec.table]
+        cursor = state["cursor"]
+        cursor_epoch = epoch_of(cursor) if cursor else None
+        lower = self.since if self.since is not None else cursor_epoch
+        window = {"updated_at": {"value": window_lower_bound(lower), "modifier": "GREATER_THAN"}}
+        recheck = [] if cursor_epoch is None else [r[0] for r in self.conn.execute(
+            f"SELECT id FROM {spec.table} WHERE updated_epoch >= ? ORDER BY id", (cursor_epoch,))]
+        probe = self._call(PROBE_QUERIES[spec.table],
+                           {"window": window, "recheck": [str(i) for i in recheck], "withRecheck": bool(recheck)})
+        stash_total, window_count = probe["total"]["count"], probe["window"]["count"]
+        recheck_items = (probe.get("recheck") or {}).get(spec.list_key) or []
+        stats.fetched += len(recheck_items)
+        if recheck_items:
+            with atomic(self.conn):
+                stats.upserted += write_items(self.conn, spec, recheck_items)
+        missing_recheck = set(recheck) - {int(i["id"]) for i in recheck_items}
+        pending = self.conn.execute("SELECT count(*) FROM pending_reread WHERE entity_type = ?",
+                                    (spec.table,)).fetchone()[0]
+        if (self.mode == SMART and window_count == 0 and not missing_recheck and not pending
+                and stash_total == self._mirror_count(spec)):
+            stats.skipped = stats.upserted == 0
+            self._finish_window(spec, None)
+            return
+        listing: list[dict] = []
+        if window_count:
+            listing = self._call(LISTING_QUERIES[spec.table],
+                                 {"window": window, "filter": {"per_page": -1, "sort": "id", "direction": "ASC"}}
+                                 )[spec.find][spec.list_key]
+        to_fetch = self._changed(spec, listing)
+        newest = max(listing, key=lambda i: epoch_of(i["updated_at"]))["updated_at"] if listing else None
+        if to_fetch:
+            self._fetch_ids(spec, to_fetch, progress, advance_cursor=self.since is None or
+                            (cursor_epoch is not None and self.since <= cursor_epoch))
+        elif self.mode == SMART and not stats.upserted and stash_total == self._mirror_count(spec) and not pending:
+            stats.skipped = True
+        if stash_total != self._mirror_count(spec) or missing_recheck:
+            self._reconcile(spec, allow_mass_delete=False)
+        may_advance = self.since is None or (cursor_epoch is not None and self.since <= cursor_epoch)
+        self._finish_window(spec, newest if may_advance else None)
+
+    def _finish_window(self, spec: EntitySpec, newest: str | None) -> None:
+        """Record the incremental run time and advance the cursor to the newest listed instant."""
+        with atomic(self.conn):
+            self._advance_cursor(spec, newest)
+            self._set_state(spec, last_incremental_sync=_now_text())
+
+    def _changed(self, spec: EntitySpec, listing: list[dict]) -> list[tuple[int, str]]:
+        """(id, updated_at) of listed entities to fetch, oldest first: new, changed, or forced by ``since``."""
+        if not listing:
+            return []
+        pairs = [(int(i["id"]), i["updated_at"]) for i in listing]
+        known: dict[int, str] = {}
+        for chunk in _chunks([p[0] for p in pairs], 900):
+            marks = ",".join("?" * len(chunk))
+            known.update(self.conn.execute(f"SELECT id, updated_at FROM {spec.table} WHERE id IN ({marks})",
+                                           chunk).fetchall())
+        out = []
+        for eid, updated in pairs:
+            forced = self.since is not None and epoch_of(updated) >= self.since
+            if forced or known.get(eid) != updated:
+                out.append((eid, updated))
+        out.sort(key=lambda p: (epoch_of(p[1]), p[0]))
+        return out
+
+    def _fetch_ids(self, spec: EntitySpec, wanted: list[tuple[int, str | None]], progress: Progress,
+                   advance_cursor: bool) -> None:
+        """Fetch entities by id in chunks; each chunk commits with its links and the advanced cursor."""
+        stats = self.stats[spec.table]
+        done = 0
+        for chunk in _chunks(wanted, self.per_page):
+            ids = [eid for eid, _ in chunk]
+            data = self._call(PAGE_QUERIES[spec.table], {"ids": [str(i) for i in ids], "filter": {"per_page": -1}})
+            items = data[spec.find][spec.list_key]
+            stamps = [u for _, u in chunk if u is not None]
+            with atomic(self.conn):
+                stats.upserted += write_items(self.conn, spec, items)
+                self.conn.executemany("DELETE FROM pending_reread WHERE entity_type = ? AND entity_id = ?",
+                                      [(spec.table, i) for i in ids])
+                if advance_cursor and stamps:
+                    self._advance_cursor(spec, max(stamps, key=epoch_of))
+            stats.fetched += len(items)
+            done += len(chunk)
+            progress(done / len(wanted))
+            log.debug(f"cache {spec.table}: fetched {len(items)} by id")
+
+    def _process_rereads(self, spec: EntitySpec) -> None:
+        """Re-read entities whose links Stash may have rewritten silently (after deletions and merges)."""
+        ids = [r[0] for r in self.conn.execute(
+            "SELECT entity_id FROM pending_reread WHERE entity_type = ? ORDER BY entity_id", (spec.table,))]
+        if not ids:
+            return
+        self.stats[spec.table].skipped = False
+        self._fetch_ids(spec, [(i, None) for i in ids], _no_progress, advance_cursor=False)
+        # entities that vanished meanwhile are found by the next count comparison
+        with atomic(self.conn):
+            self.conn.executemany("DELETE FROM pending_reread WHERE entity_type = ? AND entity_id = ?",
+                                  [(spec.table, i) for i in ids])
+
+    def _reconcile(self, spec: EntitySpec, allow_mass_delete: bool) -> None:
+        """Compare the id sets: delete what Stash no longer has (with its links), fetch what the mirror lacks."""
+        stats = self.stats[spec.table]
+        listing = self._call(LISTING_QUERIES[spec.table],
+                             {"window": None, "filter": {"per_page": -1, "sort": "id", "direction": "ASC"}}
+                             )[spec.find][spec.list_key]
+        stash_ids = {int(i["id"]) for i in listing}
+        mirror_ids = {r[0] for r in self.conn.execute(f"SELECT id FROM {spec.table}")}
+        gone = sorted(mirror_ids - stash_ids)
+        missing = sorted(stash_ids - mirror_ids)
+        stats.skipped = False
+        if gone and not allow_mass_delete and len(gone) * 2 > len(mirror_ids):
+            message = (f"{spec.table}: Stash lacks {len(gone)} of the mirror's {len(mirror_ids)} entries; "
+                       "refusing to delete more than half of a type outside a full sync. "
+                       "Run 'Cache: Full Sync' if this is intended.")
+            log.warning(message)
+            self.warnings.append(message)
+            stats.notes.append("mass deletion refused.")
+            gone = []
+        for chunk in _chunks(gone, 1000):
+            with atomic(self.conn):
+                stats.deleted += delete_entities(self.conn, spec, chunk)
+        if gone:
+            log.info(f"cache {spec.table}: removed {len(gone)} entities Stash no longer has")
+        if missing:
+            updated = {int(i["id"]): i["updated_at"] for i in listing}
+            self._fetch_ids(spec, [(i, updated[i]) for i in missing], _no_progress, advance_cursor=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# run bookkeeping and public API
+
+
+def _start_run(conn: sqlite3.Connection, mode: str, started: str) -> int:
+    """Record a new run (and mark runs left 'running' by killed processes)."""
+    with atomic(conn):
+        conn.execute("UPDATE sync_runs SET status = 'interrupted' WHERE status = 'running'")
+        cur = conn.execute("INSERT INTO sync_runs (mode, started, status) VALUES (?, ?, 'running')", (mode, started))
+        return int(cur.lastrowid)
+
+
+def _finish_run(conn: sqlite3.Connection, run_id: int, result: CacheSyncResult, error: str | None) -> None:
+    """Store the run's outcome."""
+    per_type = {t: asdict(s) for t, s in result.per_type.items()}
+    skipped = sum(1 for s in result.per_type.values() if s.skipped)
+    with atomic(conn):
+        conn.execute(
+            "UPDATE sync_runs SET finished = ?, status = ?, fetched = ?, upserted = ?, deleted = ?, skipped = ?, "
+            "stash_requests = ?, per_type = ?, error = ? WHERE id = ?",
+            (result.finished, result.status, result.fetched, result.upserted, result.deleted, skipped,
+             result.stash_requests, json.dumps(per_type), error, run_id))
+
+
+def run_sync(stash: StashClient, db_path: Path, mode: str, since: str | None = None,
+             progress: Progress = _no_progress, per_page: int = DEFAULT_PER_PAGE) -> CacheSyncResult:
+    """Lock the cache, run one sync of ``mode`` and record it in sync_runs."""
+    since_epoch = parse_since(since) if mode == INCREMENTAL else None
+    db_path = Path(db_path)
+    started_at, started = time.monotonic(), _now_text()
+    requests_before = stash.requests_sent
+    with CacheLock(db_path):
+        conn = open_cache(db_path)
+        try:
+            run_id = _start_run(conn, mode, started)
+            sync = CacheSync(stash, conn, mode, since_epoch, per_page, progress)
+            error: BaseException | None = None
+            try:
+                sync.run()
+            except BaseException as exc:  # recorded, then re-raised unchanged
+                error = exc
+            result = CacheSyncResult(
+                mode=mode, status="failed" if error else "ok", db_path=str(db_path), started=started,
+                finished=_now_text(), seconds=round(time.monotonic() - started_at, 3),
+                stash_requests=stash.requests_sent - requests_before,
+                per_type={t: s.frozen() for t, s in sync.stats.items()}, warnings=tuple(sync.warnings),
+                run_id=run_id)
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                _finish_run(conn, run_id, result, None if error is None else f"{type(error).__name__}: {error}")
+            except sqlite3.Error as exc:
+                log.warning(f"could not record the sync run: {exc}")
+            if error is not None:
+                if isinstance(error, sqlite3.Error):
+                    raise CacheError(f"The cache at {db_path} failed during the sync ({error}). "
+                                     "Run 'Cache: Full Sync'; if it fails again, delete the file.") from error
+                raise error
+            log.info(str(result))
+            return result
+        finally:
+            conn.close()
+
+
+def cache_full_sync(stash: StashClient, db_path: Path, progress: Progress = _no_progress,
+                    per_page: int = DEFAULT_PER_PAGE) -> CacheSyncResult:
+    """Read every entity of Stash into the cache ("Cache: Full Sync")."""
+    return run_sync(stash, db_path, FULL, progress=progress, per_page=per_page)
+
+
+def cache_incremental_sync(stash: StashClient, db_path: Path, since: str | None = None,
+                           progress: Progress = _no_progress, per_page: int = DEFAULT_PER_PAGE) -> CacheSyncResult:
+    """Read what changed since each type's cursor, or since ``since`` ("Cache: Incremental Sync")."""
+    return run_sync(stash, db_path, INCREMENTAL, since=since, progress=progress, per_page=per_page)
+
+
+def cache_smart_sync(stash: StashClient, db_path: Path, progress: Progress = _no_progress,
+                     per_page: int = DEFAULT_PER_PAGE) -> CacheSyncResult:
+    """Like incremental, but skip types Stash reports unchanged ("Cache: Smart Sync")."""
+    return run_sync(stash, db_path, SMART, progress=progress, per_page=per_page)
+
+
+@contextmanager
+def read_cache(db_path: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to the cache for other tools (the guard stays on)."""
+    conn = open_cache(Path(db_path), writer=False)
+    try:
+        yield conn
+    finally:
+        conn.close()
