@@ -181,12 +181,17 @@ V2_TABLES = ("image_inherited", "image_inherited_performers", "image_inherited_t
 MIRROR_TABLES = V1_TABLES + V2_TABLES
 
 
+def _sql_text(text: str) -> str:
+    """Escape text for a single-quoted SQL literal."""
+    return text.replace("'", "''")
+
+
 def guard_triggers(table: str) -> list[str]:
     """The three triggers that make ``table`` read-only outside the sync's connection."""
     condition = f"NOT EXISTS (SELECT 1 FROM pragma_database_list WHERE name = '{WRITER_SCHEMA}')"
     return [
         f"CREATE TRIGGER {table}_read_only_{event.lower()} BEFORE {event} ON {table} "
-        f"WHEN {condition} BEGIN SELECT RAISE(ABORT, '{READ_ONLY_MESSAGE}'); END"
+        f"WHEN {condition} BEGIN SELECT RAISE(ABORT, '{_sql_text(READ_ONLY_MESSAGE)}'); END"
         for event in ("INSERT", "UPDATE", "DELETE")
     ]
 

@@ -166,10 +166,39 @@ def _latest_query(spec: EntitySpec) -> str:
             f"{{ count {spec.list_key} {{ id updated_at }} }}\n}}")
 
 
-PAGE_QUERIES = {spec.table: _page_query(spec) for spec in SPECS}
-PROBE_QUERIES = {spec.table: _probe_query(spec) for spec in SPECS}
-LISTING_QUERIES = {spec.table: _listing_query(spec) for spec in SPECS}
-LATEST_QUERIES = {spec.table: _latest_query(spec) for spec in SPECS}
+STUDIOS_PAGE_QUERY = _page_query(SPEC_BY_TABLE["studios"])
+STUDIOS_PROBE_QUERY = _probe_query(SPEC_BY_TABLE["studios"])
+STUDIOS_LISTING_QUERY = _listing_query(SPEC_BY_TABLE["studios"])
+STUDIOS_LATEST_QUERY = _latest_query(SPEC_BY_TABLE["studios"])
+TAGS_PAGE_QUERY = _page_query(SPEC_BY_TABLE["tags"])
+TAGS_PROBE_QUERY = _probe_query(SPEC_BY_TABLE["tags"])
+TAGS_LISTING_QUERY = _listing_query(SPEC_BY_TABLE["tags"])
+TAGS_LATEST_QUERY = _latest_query(SPEC_BY_TABLE["tags"])
+PERFORMERS_PAGE_QUERY = _page_query(SPEC_BY_TABLE["performers"])
+PERFORMERS_PROBE_QUERY = _probe_query(SPEC_BY_TABLE["performers"])
+PERFORMERS_LISTING_QUERY = _listing_query(SPEC_BY_TABLE["performers"])
+PERFORMERS_LATEST_QUERY = _latest_query(SPEC_BY_TABLE["performers"])
+GROUPS_PAGE_QUERY = _page_query(SPEC_BY_TABLE["groups"])
+GROUPS_PROBE_QUERY = _probe_query(SPEC_BY_TABLE["groups"])
+GROUPS_LISTING_QUERY = _listing_query(SPEC_BY_TABLE["groups"])
+GROUPS_LATEST_QUERY = _latest_query(SPEC_BY_TABLE["groups"])
+GALLERIES_PAGE_QUERY = _page_query(SPEC_BY_TABLE["galleries"])
+GALLERIES_PROBE_QUERY = _probe_query(SPEC_BY_TABLE["galleries"])
+GALLERIES_LISTING_QUERY = _listing_query(SPEC_BY_TABLE["galleries"])
+GALLERIES_LATEST_QUERY = _latest_query(SPEC_BY_TABLE["galleries"])
+SCENES_PAGE_QUERY = _page_query(SPEC_BY_TABLE["scenes"])
+SCENES_PROBE_QUERY = _probe_query(SPEC_BY_TABLE["scenes"])
+SCENES_LISTING_QUERY = _listing_query(SPEC_BY_TABLE["scenes"])
+SCENES_LATEST_QUERY = _latest_query(SPEC_BY_TABLE["scenes"])
+IMAGES_PAGE_QUERY = _page_query(SPEC_BY_TABLE["images"])
+IMAGES_PROBE_QUERY = _probe_query(SPEC_BY_TABLE["images"])
+IMAGES_LISTING_QUERY = _listing_query(SPEC_BY_TABLE["images"])
+IMAGES_LATEST_QUERY = _latest_query(SPEC_BY_TABLE["images"])
+
+PAGE_QUERIES = {spec.table: globals()[f"{spec.table.upper()}_PAGE_QUERY"] for spec in SPECS}
+PROBE_QUERIES = {spec.table: globals()[f"{spec.table.upper()}_PROBE_QUERY"] for spec in SPECS}
+LISTING_QUERIES = {spec.table: globals()[f"{spec.table.upper()}_LISTING_QUERY"] for spec in SPECS}
+LATEST_QUERIES = {spec.table: globals()[f"{spec.table.upper()}_LATEST_QUERY"] for spec in SPECS}
 ALL_QUERIES: tuple[str, ...] = (*PAGE_QUERIES.values(), *PROBE_QUERIES.values(),
                                 *LISTING_QUERIES.values(), *LATEST_QUERIES.values())
 
