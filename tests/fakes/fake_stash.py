@@ -166,6 +166,14 @@ def _phash_text(value) -> str:
     return format(int(value, 16), "x")
 
 
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 class World:
     """In-memory Stash database.
 
@@ -551,9 +559,10 @@ class World:
 
     # ------------------------------------------------------------ reads
     def tables(self) -> dict[str, list[dict]]:
-        """Deep copy of every table: type -> rows sorted by id."""
+        """Plain deep copy of every table: type -> rows sorted by id (all
+        sequences as lists)."""
         with self.lock:
-            return {t: [copy.deepcopy(self._tables[t][i]) for i in sorted(self._tables[t])]
+            return {t: [_plain(self._tables[t][i]) for i in sorted(self._tables[t])]
                     for t in ENTITY_TYPES}
 
     def tag_children(self) -> dict[int, list[int]]:
