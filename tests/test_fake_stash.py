@@ -446,8 +446,9 @@ def test_tag_mutations(world, fake):
 
 
 def test_merge_and_delete_do_not_touch_linked_entities(world, clock):
-    t1, t2, t3 = _add_tags(world, ["Keep", "Gone", "Other"])
+    t1, t2, t3, t4 = _add_tags(world, ["Keep", "Gone", "Other", "Top"])
     world.update_entity("tag", t3, parent_ids=[t2])
+    world.update_entity("tag", t2, parent_ids=[t4])
     s1 = world.add_entity("scene", tag_ids=[t2, t3])
     s2 = world.add_entity("scene", tag_ids=[t1, t2])
     p = world.add_entity("performer", name="P", tag_ids=[t2])
@@ -461,6 +462,7 @@ def test_merge_and_delete_do_not_touch_linked_entities(world, clock):
     assert world.get("tag", t3)["parent_ids"] == [t1]
     dest = world.get("tag", t1)
     assert dest["aliases"] == ["Gone"]
+    assert dest["parent_ids"] == [t4]  # the source's parents move to the destination
     assert dest["updated_at"] == render_timestamp(clock(), timedelta(0))
     old = {r["id"]: r["updated_at"] for r in before["scene"]}
     assert all(world.get("scene", i)["updated_at"] == old[i] for i in (s1, s2))

@@ -539,8 +539,12 @@ class World:
             aliases = list(dest["aliases"])
             lower = {a.lower() for a in aliases} | {dest["name"].lower()}
             stash_ids = list(dest["stash_ids"])
+            parents = list(dest["parent_ids"])
             for s in sources:
                 src = tags[s]
+                for p in src["parent_ids"]:  # Stash moves the sources' parents too
+                    if p != dest_id and p not in sources and p not in parents:
+                        parents.append(p)
                 for a in [src["name"], *src["aliases"]]:
                     if a.lower() not in lower:
                         lower.add(a.lower())
@@ -554,6 +558,11 @@ class World:
             self._unlink("tag", {s: dest_id for s in sources})
             dest["aliases"] = aliases
             dest["stash_ids"] = stash_ids
+            try:
+                self._check_tag_cycle(dest_id, parents)
+                dest["parent_ids"] = parents
+            except FakeStashError:
+                pass  # keep the destination's own parents rather than make a cycle
             dest["updated_at"] = self.now_text()
             self._bump("tag")
 
