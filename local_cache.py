@@ -845,8 +845,7 @@ class CacheSync:
     def run(self) -> None:
         """Sync every type in dependency order, then refresh derived data."""
         if self.mode == FULL:
-            with atomic(self.conn):
-                self.conn.execute("INSERT OR REPLACE INTO cache_meta VALUES ('derived_full', '1')")
+            self._start_full_run()
         for index, spec in enumerate(SPECS):
             self.stats[spec.table] = _TypeRun()
             base, share = index / len(SPECS), 0.95 / len(SPECS)
@@ -854,13 +853,30 @@ class CacheSync:
             self.progress((index + 1) / len(SPECS) * 0.95)
         derived = refresh_derived(self.conn)
         log.debug(f"derived data refreshed: {derived}")
+        if self.mode == FULL:
+            with atomic(self.conn):
+                self.conn.execute("DELETE FROM cache_meta WHERE key = 'full_run_pending'")
         self.progress(1.0)
+
+    def _start_full_run(self) -> None:
+        """Mark every type for a full read, unless an interrupted full run is being resumed."""
+        with atomic(self.conn):
+            self.conn.execute("INSERT OR REPLACE INTO cache_meta VALUES ('derived_full', '1')")
+            if _meta(self.conn, "full_run_pending") == "1":
+                log.info("resuming the interrupted full sync")
+                return
+            self.conn.execute("INSERT OR REPLACE INTO cache_meta VALUES ('full_run_pending', '1')")
+            for spec in SPECS:
+                self._set_state(spec, full_next_page=1, full_cursor=None)
 
     def _sync_type(self, spec: EntitySpec, progress: Progress) -> None:
         """Sync one entity type according to the mode."""
         state = self._state(spec)
         stats = self.stats[spec.table]
-        if self.mode == FULL or (state["cursor"] is None and self.since is None):
+        if self.mode == FULL and state["full_next_page"] is None:
+            stats.skipped = True
+            stats.notes.append("read completely by the interrupted full sync.")
+        elif self.mode == FULL or (state["cursor"] is None and self.since is None):
             if self.mode != FULL:
                 stats.notes.append("no cursor yet: read in full.")
             self._full_pass(spec, state, progress)
@@ -875,17 +891,15 @@ class CacheSync:
     def _full_pass(self, spec: EntitySpec, state: dict[str, Any], progress: Progress) -> None:
         """Read every entity page by page (resuming a killed full pass), then reconcile deletions."""
         stats = self.stats[spec.table]
-        page, target = state["full_next_page"], state["full_cursor"]
-        resumed = bool(page)
-        if not page:
-            latest = self._call(LATEST_QUERIES[spec.table])[spec.find]
-            newest = latest[spec.list_key]
-            target = newest[0]["updated_at"] if newest else None
-            page = 1
-            with atomic(self.conn):
-                self._set_state(spec, full_next_page=1, full_cursor=target)
-        else:
+        page, target = state["full_next_page"] or 1, state["full_cursor"]
+        resumed = page > 1
+        if resumed:
             log.info(f"cache {spec.table}: resuming the full read at page {page}")
+        if target is None:
+            newest = self._call(LATEST_QUERIES[spec.table])[spec.find][spec.list_key]
+            target = newest[0]["updated_at"] if newest else None
+            with atomic(self.conn):
+                self._set_state(spec, full_next_page=page, full_cursor=target)
         counts: set[int] = set()
         mark_dirty = self.mode != FULL
         while True:
@@ -907,9 +921,12 @@ class CacheSync:
         stash_count = result["count"]
         if resumed or len(counts) > 1 or stash_count != self._mirror_count(spec):
             self._reconcile(spec, allow_mass_delete=True)
+        if resumed and target is not None:
+            # pages read before the interruption may have changed since: catch up from the start
+            self._window_pass(spec, {"cursor": target}, progress)
         with atomic(self.conn):
             self._set_state(spec, full_next_page=None, full_cursor=None, last_full_sync=_now_text())
-            if target is not None:
+            if target is not None and not resumed:
                 self._set_state(spec, cursor=target)
 
     # -- incremental / smart ---------------------------------------------------------------
