@@ -1,0 +1,219 @@
+"""Benchmark of the sidecar cache against a fake Stash running in its own process.
+
+    .venv/bin/python bench/bench_cache.py [--scale 0.1]
+
+Scale 1 is 100,000 scenes, 200,000 images, 20,000 tags, 10,000 performers, 10,000 galleries,
+5,000 studios and 2,000 groups. Every sync runs in a child process so that its peak RSS
+(``resource.getrusage`` in the child) measures the sync alone. Peak RSS is compared with a full
+sync of a library a tenth of the size. Each figure is printed beside its bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+FULL_SCALE = dict(scenes=100_000, images=200_000, tags=20_000, performers=10_000, galleries=10_000,
+                  studios=5_000, groups=2_000)
+
+
+def scaled(scale: float) -> dict[str, int]:
+    """Library sizes at ``scale``."""
+    return {k: max(1, round(v * scale)) for k, v in FULL_SCALE.items()}
+
+
+class FakeServer:
+    """The fake Stash in a separate process."""
+
+    def __init__(self, sizes: dict[str, int], seed: int = 1) -> None:
+        args = [sys.executable, "-m", "tests.fakes.fake_stash", "--port", "0", "--seed", str(seed)]
+        for key, value in sizes.items():
+            args += [f"--{key}", str(value)]
+        self.proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit("the fake Stash did not start")
+        self.url = json.loads(line)["url"]
+
+    def stop(self) -> None:
+        """Terminate the server process."""
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def child(mode: str, url: str, db: str, extra: dict | None = None) -> dict:
+    """Run one measured step in a fresh interpreter; returns its JSON report."""
+    out = subprocess.run([sys.executable, __file__, "--child", mode, "--url", url, "--db", db,
+                          "--extra", json.dumps(extra or {})], cwd=REPO, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"child {mode} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_child(mode: str, url: str, db: str, extra: dict) -> dict:
+    """Body of a child process: one sync (or the bare fetch) and its figures."""
+    import requests
+
+    import local_cache
+    from stash_client import StashClient
+
+    stash = StashClient(requests.Session(), url)
+    started = time.perf_counter()
+    report: dict = {}
+    if mode == "bare":
+        report["requests"] = bare_fetch(url, extra.get("per_page", 1000))
+    elif mode == "edit":
+        report["requests"] = edit_scenes(stash, extra["fraction"])
+    else:
+        sync = {"full": local_cache.cache_full_sync, "incremental": local_cache.cache_incremental_sync,
+                "smart": local_cache.cache_smart_sync}[mode]
+        before = written_rows(db)
+        result = sync(stash, Path(db))
+        report.update(requests=result.stash_requests, upserted=result.upserted, deleted=result.deleted,
+                      rows_written=written_rows(db) - before if mode == "full" else None)
+        report["changes"] = total_rows_changed(db, before) if mode != "full" else None
+    report["seconds"] = time.perf_counter() - started
+    report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return report
+
+
+def bare_fetch(url: str, per_page: int) -> int:
+    """Fetch the same pages as a full sync with plain requests + json; returns the request count."""
+    import requests
+
+    import local_cache
+
+    session = requests.Session()
+    sent = 0
+    for spec in local_cache.SPECS:
+        page = 1
+        while True:
+            body = {"query": local_cache.PAGE_QUERIES[spec.table],
+                    "variables": {"filter": {"page": page, "per_page": per_page, "sort": "id", "direction": "ASC"}}}
+            data = json.loads(session.post(url + "/graphql", json=body).content)["data"][spec.find]
+            sent += 1
+            if len(data[spec.list_key]) < per_page or page * per_page >= data["count"]:
+                break
+            page += 1
+    return sent
+
+
+BULK_EDIT_MUTATION = """
+mutation BenchBulkSceneEdit($input: BulkSceneUpdateInput!) { bulkSceneUpdate(input: $input) { id } }"""
+SCENE_IDS_QUERY = """
+query BenchSceneIds { findScenes(filter: {per_page: -1, sort: "id"}) { scenes { id } } }"""
+
+
+def edit_scenes(stash, fraction: float) -> int:
+    """Change the title of every 1/fraction-th scene in Stash."""
+    ids = [s["id"] for s in stash.call(SCENE_IDS_QUERY)["findScenes"]["scenes"]]
+    step = max(1, round(1 / fraction))
+    chosen = ids[::step]
+    for start in range(0, len(chosen), 1000):
+        stash.call(BULK_EDIT_MUTATION, {"input": {"ids": chosen[start:start + 1000], "details": "benchmark edit"}})
+    return len(chosen)
+
+
+def written_rows(db: str) -> int:
+    """Rows in every mirror table of the cache file (0 when it does not exist)."""
+    import sqlite3
+
+    import cache_schema
+
+    if not Path(db).exists():
+        return 0
+    with sqlite3.connect(db) as conn:
+        return sum(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in cache_schema.MIRROR_TABLES
+                   if t not in ("sync_runs", "sync_state", "cache_meta"))
+
+
+def total_rows_changed(db: str, rows_before: int) -> int:
+    """Difference in mirror rows (a cheap sanity figure for idle runs)."""
+    return written_rows(db) - rows_before
+
+
+def measure(scale: float, workdir: Path) -> dict:
+    """Full, bare, incremental and idle smart figures for one library size."""
+    sizes = scaled(scale)
+    print(f"scale {scale:g}: {sizes}", flush=True)
+    t0 = time.perf_counter()
+    server = FakeServer(sizes)
+    print(f"  fake Stash ready in {time.perf_counter() - t0:.1f} s", flush=True)
+    db = str(workdir / f"cache-{scale:g}.sqlite3")
+    try:
+        bare = child("bare", server.url, db)
+        full = child("full", server.url, db)
+        figures = {"sizes": sizes, "bare": bare, "full": full}
+        if scale >= 0.05:
+            child("smart", server.url, db)  # settle: nothing changed
+            edit = child("edit", server.url, db, {"fraction": 0.01})
+            figures["edited_scenes"] = edit["requests"]
+            figures["incremental"] = child("incremental", server.url, db)
+            figures["smart_idle"] = child("smart", server.url, db)
+        return figures
+    finally:
+        server.stop()
+
+
+def report(figures: dict, reference: dict) -> None:
+    """Print every figure beside its bound."""
+    full, bare = figures["full"], figures["bare"]
+    ratio = full["seconds"] / bare["seconds"]
+    rss_ratio = full["peak_rss_mb"] / reference["full"]["peak_rss_mb"]
+    print()
+    print(f"full sync:                 {full['seconds']:8.1f} s  ({full['requests']} requests)")
+    print(f"bare fetch, same pages:    {bare['seconds']:8.1f} s  ({bare['requests']} requests)")
+    print(f"full sync / bare fetch:    {ratio:8.2f}    bound <= 1.5  {'OK' if ratio <= 1.5 else 'OVER'}")
+    print(f"rows written per second:   {full['rows_written'] / full['seconds']:8.0f}    "
+          f"({full['rows_written']} rows)")
+    if "incremental" in figures:
+        inc, idle = figures["incremental"], figures["smart_idle"]
+        print(f"incremental, 1% scenes:    {inc['seconds']:8.1f} s  ({inc['requests']} requests, "
+              f"{inc['upserted']} entities written, {figures['edited_scenes']} scenes edited)")
+        per_type = idle["requests"] / 7
+        print(f"idle smart sync requests:  {idle['requests']:8d}    bound <= 14 (2 per type)  "
+              f"{'OK' if per_type <= 2 else 'OVER'}")
+        print(f"idle smart rows written:   {idle['upserted'] + idle['deleted']:8d}    bound 0  "
+              f"{'OK' if idle['upserted'] + idle['deleted'] == 0 and idle['changes'] == 0 else 'OVER'}"
+              f"  ({idle['seconds']:.1f} s)")
+    print(f"peak RSS full sync:        {full['peak_rss_mb']:8.1f} MB at this scale, "
+          f"{reference['full']['peak_rss_mb']:.1f} MB at a tenth")
+    print(f"peak RSS ratio:            {rss_ratio:8.2f}    bound <= 1.5  {'OK' if rss_ratio <= 1.5 else 'OVER'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--child")
+    parser.add_argument("--url")
+    parser.add_argument("--db")
+    parser.add_argument("--extra", default="{}")
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(run_child(args.child, args.url, args.db, json.loads(args.extra))))
+        return 0
+    workdir = Path(tempfile.mkdtemp(prefix="bench-cache-"))
+    try:
+        reference = measure(args.scale / 10, workdir)
+        figures = measure(args.scale, workdir)
+        report(figures, reference)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    sys.exit(main())
