@@ -394,14 +394,18 @@ def _generate(seed, scenes, tags, performers, studios, groups, galleries, images
 
     # ------------------------------------------------------------ images
     img_tags, img_perfs = bank(tags, 3), bank(performers, 2)
+    image_table = world._tables["image"]
     for iid in range(1, images + 1):
-        ci, ui = stamp_idx(0.2)
+        ci = int(rnd() * n_pool)
+        ui = ci
+        if rnd() < 0.2:
+            ui = min(ci + int(rnd() * near), n_pool - 1)
         r = rnd()
         gids = E if r < 0.3 or not galleries else \
             [randint(1, galleries)] if r < 0.9 else pick(galleries, 2)
         inherit = bool(gids) and rnd() < 0.3
         path = f"/data/images/{iid // 1000:03d}/image_{iid:07d}.jpg"
-        world._insert_raw("image", {
+        image_table[iid] = ({
             "id": iid, "title": None if rnd() < 0.5 else f"Image {iid}", "code": None,
             "rating100": None, "urls": E,
             "date": None if inherit or rnd() < 0.5 else pick_date(),
@@ -460,9 +464,13 @@ def _generate(seed, scenes, tags, performers, studios, groups, galleries, images
     scene_tags, scene_perfs = bank(tags, 6), bank(performers, 3)
     sdb_tag_bank = [tuple(pool[i - 1] for i in pick(pool_len, randint(0, 12)))
                     for _ in range(4096)]
+    scene_table = world._tables["scene"]
     for sid in range(1, scenes + 1):
         kind = kinds[sid]
-        ci, ui = stamp_idx(0.7)
+        ci = int(rnd() * n_pool)
+        ui = ci
+        if rnd() < 0.7:
+            ui = min(ci + int(rnd() * near), n_pool - 1)
         if prev_u is not None and rnd() < 0.05:
             ui = prev_u  # same second as the previous scene's updated_at
             ci = min(ci, ui)
@@ -508,7 +516,7 @@ def _generate(seed, scenes, tags, performers, studios, groups, galleries, images
             fingerprints.append({"type": "md5", "value": md5})
         path = f"/data/videos/{sid // 1000:03d}/scene_{sid:07d}.mp4"
         r = rnd()
-        world._insert_raw("scene", {
+        scene_table[sid] = ({
             "id": sid, "title": title if r < 0.9 else None, "code": None,
             "details": None, "director": None,
             "urls": [f"https://example.org/scene/{sid}"] if r < 0.4 else E,
@@ -527,6 +535,9 @@ def _generate(seed, scenes, tags, performers, studios, groups, galleries, images
             "stash_ids": stash_ids or E, "created_at": c_text, "updated_at": u_text})
         file_id += 1
 
+    for etype, n in (("image", images), ("scene", scenes)):
+        world._next_id[etype] = n + 1
+        world._versions[etype] += 1
     world._next_file_id = file_id
     world._next_folder_id = folder_id
 
