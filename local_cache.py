@@ -37,6 +37,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -446,6 +447,8 @@ def _flag(value: Any) -> int:
 
 def _json_list(value: Any) -> str:
     """A list as compact JSON text (None becomes [])."""
+    if not value:
+        return "[]"
     return json.dumps(list(value or []), ensure_ascii=False, separators=(",", ":"))
 
 
@@ -902,10 +905,7 @@ class CacheSync:
                 self._set_state(spec, full_next_page=page, full_cursor=target)
         counts: set[int] = set()
         mark_dirty = self.mode != FULL
-        while True:
-            data = self._call(PAGE_QUERIES[spec.table],
-                              {"filter": {"page": page, "per_page": self.per_page, "sort": "id", "direction": "ASC"}})
-            result = data[spec.find]
+        for page, result in self._pages(spec, page):
             items = result[spec.list_key]
             counts.add(result["count"])
             with atomic(self.conn):
@@ -913,11 +913,7 @@ class CacheSync:
                 self._set_state(spec, full_next_page=page + 1)
             stats.fetched += len(items)
             log.debug(f"cache {spec.table}: page {page} ({len(items)} items)")
-            total = max(result["count"], 1)
-            progress(min(1.0, page * self.per_page / total))
-            if len(items) < self.per_page or page * self.per_page >= result["count"]:
-                break
-            page += 1
+            progress(min(1.0, page * self.per_page / max(result["count"], 1)))
         stash_count = result["count"]
         if resumed or len(counts) > 1 or stash_count != self._mirror_count(spec):
             self._reconcile(spec, allow_mass_delete=True)
@@ -928,6 +924,24 @@ class CacheSync:
             self._set_state(spec, full_next_page=None, full_cursor=None, last_full_sync=_now_text())
             if target is not None and not resumed:
                 self._set_state(spec, cursor=target)
+
+    def _pages(self, spec: EntitySpec, first: int) -> Iterator[tuple[int, dict]]:
+        """Yield (page number, result) from ``first`` on, fetching the next page while the caller writes."""
+        def fetch(number: int) -> dict:
+            find_filter = {"page": number, "per_page": self.per_page, "sort": "id", "direction": "ASC"}
+            return self._call(PAGE_QUERIES[spec.table], {"filter": find_filter})[spec.find]
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-prefetch") as pool:
+            page, pending = first, pool.submit(fetch, first)
+            while True:
+                result = pending.result()
+                more = len(result[spec.list_key]) == self.per_page and page * self.per_page < result["count"]
+                if more:
+                    pending = pool.submit(fetch, page + 1)
+                yield page, result
+                if not more:
+                    return
+                page += 1
 
     # -- incremental / smart ---------------------------------------------------------------
 
