@@ -19,6 +19,7 @@ from tm_errors import SettingsError, StashAuthError, StashError, StashQueryError
 log = logging.getLogger(__name__)
 
 PLUGIN_ID = "tagManager"
+MAX_PER_PAGE = 1000  # Stash caps per_page at 1000 (except -1, "all")
 RETRY_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0)
 RETRYABLE_STATUS = {500, 502, 503, 504}
 TRANSIENT_ERROR_MARKERS = ("database is locked",)
@@ -138,16 +139,18 @@ class StashClient:
         return payload["data"]
 
     def paginate(self, query: str, variables: Mapping[str, Any], result_key: str, list_key: str,
-                 per_page: int = 1000) -> Iterator[list[dict]]:
+                 per_page: int = MAX_PER_PAGE) -> Iterator[list[dict]]:
         """Yield pages of ``result_key.list_key`` using ``filter.page``/``per_page`` (offset paging)."""
-        page = 1
+        page, seen = 1, 0
         while True:
             find_filter = dict(variables.get("filter") or {}, page=page, per_page=per_page)
             data = self.call(query, {**variables, "filter": find_filter})[result_key]
             items = data[list_key]
-            if items:
-                yield items
-            if len(items) < per_page or page * per_page >= data["count"]:
+            if not items:
+                return
+            yield items
+            seen += len(items)
+            if seen >= data["count"]:
                 return
             page += 1
 

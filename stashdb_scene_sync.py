@@ -38,7 +38,7 @@ from tm_errors import AuthError, StashAuthError, StashDBError, StashError, Stash
 log = logging.getLogger(__name__)
 
 PREVIEW_LIMIT = 200
-SCENE_ID_PAGE_SIZE = 5000
+SCENE_ID_PAGE_SIZE = 1000
 TAG_PAGE_SIZE = 1000
 MUTATION_CHUNK = 500
 FLUSH_INTERVAL_S = 120.0
@@ -237,7 +237,7 @@ class TagWriter:
         self.oldest_pending = None
 
     def write(self, tag_ids: frozenset[int], scene_ids: list[int]) -> None:
-        """Add ``tag_ids`` to ``scene_ids`` in one mutation; a rejected group is logged and counted."""
+        """Add ``tag_ids`` to ``scene_ids`` in one mutation; a rejected group is retried scene by scene."""
         variables = {"input": {"ids": [str(i) for i in scene_ids],
                                "tag_ids": {"ids": [str(t) for t in sorted(tag_ids)], "mode": "ADD"}}}
         try:
@@ -245,8 +245,14 @@ class TagWriter:
         except (StashAuthError, StashUnavailable):
             raise
         except StashError as exc:
+            if len(scene_ids) > 1:
+                # One scene deleted meanwhile fails the whole bulk update: isolate it.
+                log.warning(f"Stash rejected a bulk update of {len(scene_ids)} scenes ({exc}); retrying one by one")
+                for scene_id in scene_ids:
+                    self.write(tag_ids, [scene_id])
+                return
             self.counters.errors += 1
-            log.error(f"Stash rejected adding {len(tag_ids)} tags to {len(scene_ids)} scenes: {exc}")
+            log.error(f"Stash rejected adding {len(tag_ids)} tags to scene {scene_ids[0]}, skipped: {exc}")
             return
         finally:
             self.counters.stash_mutations += 1
@@ -277,6 +283,7 @@ class SceneTagSync:
         self.matcher = TagMatcher(self.endpoint)
         self.total_units = 0
         self.done_units = 0
+        self.reported = 0.0
         self.stashdb_failures_in_a_row = 0
 
     def run(self) -> TagSyncResult:
@@ -308,6 +315,7 @@ class SceneTagSync:
             with_prints = [s for s in scenes if s.fingerprints and s.linked_ids]
             fallbacks.extend(s for s in scenes if not s.fingerprints and s.linked_ids)
             fallbacks.extend(self.match_batch(with_prints))
+            self.total_units = len(scene_ids) + len(fallbacks)
             self.advance(len(batch_ids))
         log.info(f"Fingerprint pass done: {self.counters.matched_by_fingerprint} matched, "
                  f"{len(fallbacks)} left for lookup by id")
@@ -339,9 +347,11 @@ class SceneTagSync:
             hit = next((c for c in candidates if c is not None and c.id in scene.linked_ids), None)
             if hit is None:
                 rest.append(scene)
-                continue
-            self.counters.matched_by_fingerprint += 1
-            self.apply(scene, hit, "fingerprint")
+            elif hit.deleted:
+                self.skip_deleted(scene, hit)
+            else:
+                self.counters.matched_by_fingerprint += 1
+                self.apply(scene, hit, "fingerprint")
         return rest
 
     def id_pass(self, fallbacks: list[SceneWork]) -> None:
@@ -352,12 +362,16 @@ class SceneTagSync:
             if remote is None:
                 continue
             if remote.deleted:
-                self.counters.deleted_on_stashdb += 1
-                log.warning(f"Scene {scene.id} ({scene.title!r}) is linked to StashDB scene {remote.id}, "
-                            "which is deleted on StashDB; left alone")
+                self.skip_deleted(scene, remote)
                 continue
             self.counters.matched_by_id += 1
             self.apply(scene, remote, "id")
+
+    def skip_deleted(self, scene: SceneWork, remote: StashDBScene) -> None:
+        """Report and count a scene whose StashDB scene is deleted; it is left alone."""
+        self.counters.deleted_on_stashdb += 1
+        log.warning(f"Scene {scene.id} ({scene.title!r}) is linked to StashDB scene {remote.id}, "
+                    "which is deleted on StashDB; left alone")
 
     def find_linked(self, scene: SceneWork) -> StashDBScene | None:
         """Return the first StashDB scene found among the scene's linked ids (counts misses)."""
@@ -437,10 +451,11 @@ class SceneTagSync:
         self.counters.tags_deleted_on_stashdb += deleted
 
     def advance(self, units: int) -> None:
-        """Move the progress bar over both passes."""
+        """Move the progress bar over both passes; it never goes back when pass 2 grows."""
         self.done_units += units
         if self.total_units:
-            self.progress(min(self.done_units / self.total_units, 0.999))
+            self.reported = max(self.reported, min(self.done_units / self.total_units, 0.999))
+            self.progress(self.reported)
 
     def write_report(self) -> str:
         """Write the preview as CSV under the report folder (atomically) and return its path."""

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -54,6 +55,7 @@ class RunContext:
     args: Mapping[str, Any]
     plugin_dir: Path
     progress: Callable[[float], None] = field(default=lambda f: None)
+    sleep: Callable[[float], None] = time.sleep  # retry back-off (the rate limiter keeps real time)
 
 
 def parse_stdin(text: str) -> Invocation:
@@ -118,7 +120,8 @@ def run_sync_scene_tags(ctx: RunContext):
     box = select_stash_box(boxes, ctx.settings.stash_box_endpoint)
     blacklist = TagBlacklist.parse(ctx.settings.tag_blacklist, exclude_patterns)
     rate_per_minute = effective_rate_per_minute(box.max_requests_per_minute, ctx.settings.max_requests_per_minute)
-    stashdb = StashDBClient(box.endpoint, box.api_key, TokenBucket(rate_per_minute / 60.0))
+    limiter = TokenBucket(rate_per_minute / 60.0)
+    stashdb = StashDBClient(box.endpoint, box.api_key, limiter, sleep=ctx.sleep)
     dry_run = ctx.settings.sync_dry_run or is_true(ctx.args.get("dry_run"))
     log.info(f"Syncing scene tags from {box.endpoint} at up to {rate_per_minute:g} requests/min"
              + (" (dry run)" if dry_run else ""))

@@ -1180,6 +1180,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self):
         super().setup()
+        # Headers and body go out in two writes: without TCP_NODELAY every answer waits
+        # for the client's delayed ACK (~40 ms), which would dominate every benchmark.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.fake._register_conn(self.connection)
 
     def finish(self):
