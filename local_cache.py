@@ -854,6 +854,9 @@ class CacheSync:
             base, share = index / len(SPECS), 0.95 / len(SPECS)
             self._sync_type(spec, lambda f, b=base, s=share: self.progress(min(1.0, b * 0.95 + f * s)))
             self.progress((index + 1) / len(SPECS) * 0.95)
+        for spec in SPECS:
+            # deletions found in later types (e.g. a merged tag) queue earlier ones (e.g. studios)
+            self._process_rereads(spec)
         derived = refresh_derived(self.conn)
         log.debug(f"derived data refreshed: {derived}")
         if self.mode == FULL:

@@ -19,7 +19,7 @@ from tests.fakes.fake_stash import FakeStash, fake_schema
 from tests.fakes.library import generate_library
 from tm_errors import CacheError, CacheSchemaError, SettingsError
 
-SMALL = dict(scenes=60, images=80, tags=30, performers=20, studios=6, groups=5, galleries=12)
+SMALL = dict(scenes=40, images=50, tags=24, performers=14, studios=6, groups=5, galleries=10)
 
 
 class Clock:
