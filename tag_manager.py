@@ -201,7 +201,9 @@ def execute(invocation: Invocation, progress: Callable[[float], None]) -> Any:
 
 
 def to_output(result: Any) -> Any:
-    """Turn a mode's result into JSON-ready data."""
+    """Turn a mode's result into JSON-ready data (its ``as_dict()`` when it has one)."""
+    if hasattr(result, "as_dict"):
+        return result.as_dict()
     return asdict(result) if is_dataclass(result) else result
 
 
