@@ -1,0 +1,1 @@
+"""Demo and benchmarks that run the plugin against the fake Stash and fake StashDB."""
