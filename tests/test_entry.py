@@ -125,7 +125,7 @@ def test_stash_going_away_and_back_mid_run(servers, tmp_path):
     bouncer.start()
     run = run_plugin(stash_input(servers, tmp_path))
     bouncer.join()
-    assert run.returncode == 0, run.stderr
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
     after = scene_tags(servers)
     assert {sid: after[sid] - before[sid] for sid in after if after[sid] != before[sid]} == expected
     assert any("retrying" in line for line in run.log_lines("w"))
