@@ -1,0 +1,70 @@
+"""The README's "What happens when ..." table, one test per row, through the real sync."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.test_scene_tag_sync import expected_additions, scene_tags, sync
+from tm_errors import AuthError
+
+GRAPHQL_ERROR = json.dumps({"errors": [{"message": "too many scenes"}], "data": None})
+
+
+def changes(servers, before):
+    after = scene_tags(servers)
+    return {sid: after[sid] - before[sid] for sid in after if after[sid] != before[sid]}
+
+
+@pytest.mark.parametrize("status, body, headers", [
+    (429, "", {"Retry-After": "1"}),
+    (429, "", None),
+    (500, "", None),
+    (502, "<html>bad gateway</html>", None),
+    (503, "", None),
+    (200, "this is not json", None),
+], ids=["429-retry-after", "429-backoff", "500", "502", "503", "malformed-body"])
+def test_stashdb_transient_fault_is_retried_and_the_run_is_complete(servers, tmp_path, status, body, headers):
+    expected, before = expected_additions(servers), scene_tags(servers)
+    servers.stashdb.fail_next(2, status=status, body=body, headers=headers)
+    result = sync(servers, tmp_path)
+    assert changes(servers, before) == expected
+    assert result.errors == 0
+    assert result.stashdb_requests == servers.stashdb.requests
+
+
+def test_stashdb_graphql_error_skips_that_batch_only(servers, tmp_path):
+    expected, before = expected_additions(servers), scene_tags(servers)
+    servers.stashdb.fail_next(1, status=200, body=GRAPHQL_ERROR)
+    result = sync(servers, tmp_path)
+    first_batch = {int(i) for i in servers.stash.requests("TagSyncScenes")[0][1]["ids"]}
+    assert result.errors == 1
+    assert changes(servers, before) == {sid: tags for sid, tags in expected.items() if sid not in first_batch}
+
+
+def test_stashdb_401_stops_the_run(servers, tmp_path):
+    servers.stashdb.fail_next(1, status=401)
+    with pytest.raises(AuthError, match="Check the API key"):
+        sync(servers, tmp_path)
+
+
+def test_stash_mutation_error_is_isolated_to_one_scene(servers, tmp_path):
+    expected, before = expected_additions(servers), scene_tags(servers)
+    error = json.dumps({"errors": [{"message": "scene with id 999 not found"}], "data": None})
+    servers.stash.fail_next(1, status=200, body=error, operation="TagSyncAddTags")
+    result = sync(servers, tmp_path)
+    got = changes(servers, before)
+    assert result.errors <= 1
+    assert got.items() <= expected.items()
+    assert len(expected) - len(got) == result.errors
+
+
+def test_deleted_scene_and_tag_on_stashdb_are_left_alone(servers, tmp_path):
+    before = scene_tags(servers)
+    result = sync(servers, tmp_path)
+    deleted_scenes = servers.library.scenes_of_kind("deleted")
+    assert deleted_scenes and all(scene_tags(servers)[sid] == before[sid] for sid in deleted_scenes)
+    assert result.deleted_on_stashdb == len(deleted_scenes)
+    deleted_tags = {t["id"] for t in servers.library.stashdb_tags.values() if t["deleted"]}
+    assert deleted_tags and result.tags_deleted_on_stashdb > 0
