@@ -19,7 +19,7 @@ import string
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -186,29 +186,10 @@ class SceneOutcome:
     deleted: int
 
 
-@dataclass
-class SyncCounters:
-    """Mutable tallies of a run; frozen into a ``TagSyncResult`` at the end."""
-
-    scenes_seen: int = 0
-    matched_by_fingerprint: int = 0
-    matched_by_id: int = 0
-    not_found: int = 0
-    deleted_on_stashdb: int = 0
-    scenes_updated: int = 0
-    tags_added: int = 0
-    tags_unmatched: int = 0
-    tags_blacklisted: int = 0
-    tags_deleted_on_stashdb: int = 0
-    errors: int = 0
-    stash_mutations: int = 0
-    unmatched_names: Counter = field(default_factory=Counter)
-
-
 class TagWriter:
     """Groups scenes by the tag set they gain and writes each group with ADD-mode bulk updates."""
 
-    def __init__(self, stash: StashClient, counters: SyncCounters, clock: Callable[[], float],
+    def __init__(self, stash: StashClient, counters: Counter, clock: Callable[[], float],
                  chunk: int = MUTATION_CHUNK, flush_interval_s: float = FLUSH_INTERVAL_S) -> None:
         self.stash = stash
         self.counters = counters
@@ -251,13 +232,13 @@ class TagWriter:
                 for scene_id in scene_ids:
                     self.write(tag_ids, [scene_id])
                 return
-            self.counters.errors += 1
+            self.counters["errors"] += 1
             log.error(f"Stash rejected adding {len(tag_ids)} tags to scene {scene_ids[0]}, skipped: {exc}")
             return
         finally:
-            self.counters.stash_mutations += 1
-        self.counters.scenes_updated += len(scene_ids)
-        self.counters.tags_added += len(tag_ids) * len(scene_ids)
+            self.counters["stash_mutations"] += 1
+        self.counters["scenes_updated"] += len(scene_ids)
+        self.counters["tags_added"] += len(tag_ids) * len(scene_ids)
         log.debug(f"Added {len(tag_ids)} tags to {len(scene_ids)} scenes")
 
 
@@ -277,7 +258,8 @@ class SceneTagSync:
         self.progress = progress
         self.clock = clock
         self.wall_clock = wall_clock
-        self.counters = SyncCounters()
+        self.counters: Counter = Counter()  # TagSyncResult field name -> count
+        self.unmatched_names: Counter = Counter()
         self.writer = TagWriter(stash, self.counters, clock)
         self.preview_rows: list[list[str]] = []
         self.matcher = TagMatcher(self.endpoint)
@@ -311,13 +293,13 @@ class SceneTagSync:
         fallbacks: list[SceneWork] = []
         for batch_ids in chunked(scene_ids, MAX_FINGERPRINT_LISTS):
             scenes = self.fetch_scenes(batch_ids)
-            self.counters.scenes_seen += len(scenes)
+            self.counters["scenes_seen"] += len(scenes)
             with_prints = [s for s in scenes if s.fingerprints and s.linked_ids]
             fallbacks.extend(s for s in scenes if not s.fingerprints and s.linked_ids)
             fallbacks.extend(self.match_batch(with_prints))
             self.total_units = len(scene_ids) + len(fallbacks)
             self.advance(len(batch_ids))
-        log.info(f"Fingerprint pass done: {self.counters.matched_by_fingerprint} matched, "
+        log.info(f"Fingerprint pass done: {self.counters['matched_by_fingerprint']} matched, "
                  f"{len(fallbacks)} left for lookup by id")
         self.total_units = len(scene_ids) + len(fallbacks)
         return fallbacks
@@ -330,7 +312,7 @@ class SceneTagSync:
         except (StashAuthError, StashUnavailable):
             raise
         except StashError as exc:
-            self.counters.errors += 1
+            self.counters["errors"] += 1
             log.error(f"Could not read scenes {batch_ids[0]}..{batch_ids[-1]} from Stash, skipped: {exc}")
             return []
         return [scene_work(s, self.endpoint) for s in data["findScenes"]["scenes"]]
@@ -350,7 +332,7 @@ class SceneTagSync:
             elif hit.deleted:
                 self.skip_deleted(scene, hit)
             else:
-                self.counters.matched_by_fingerprint += 1
+                self.counters["matched_by_fingerprint"] += 1
                 self.apply(scene, hit, "fingerprint")
         return rest
 
@@ -364,12 +346,12 @@ class SceneTagSync:
             if remote.deleted:
                 self.skip_deleted(scene, remote)
                 continue
-            self.counters.matched_by_id += 1
+            self.counters["matched_by_id"] += 1
             self.apply(scene, remote, "id")
 
     def skip_deleted(self, scene: SceneWork, remote: StashDBScene) -> None:
         """Report and count a scene whose StashDB scene is deleted; it is left alone."""
-        self.counters.deleted_on_stashdb += 1
+        self.counters["deleted_on_stashdb"] += 1
         log.warning(f"Scene {scene.id} ({scene.title!r}) is linked to StashDB scene {remote.id}, "
                     "which is deleted on StashDB; left alone")
 
@@ -383,7 +365,7 @@ class SceneTagSync:
             elif remote is not None:
                 return remote
         if not failed:
-            self.counters.not_found += 1
+            self.counters["not_found"] += 1
             log.warning(f"Scene {scene.id} ({scene.title!r}) is linked to {', '.join(scene.linked_ids)}, "
                         "which StashDB does not have; left alone")
         return None
@@ -395,7 +377,7 @@ class SceneTagSync:
         except AuthError:
             raise
         except StashDBError as exc:
-            self.counters.errors += 1
+            self.counters["errors"] += 1
             self.stashdb_failures_in_a_row += 1
             log.error(f"StashDB request failed, skipped: {exc}")
             if self.stashdb_failures_in_a_row >= MAX_CONSECUTIVE_STASHDB_FAILURES:
@@ -412,8 +394,8 @@ class SceneTagSync:
             names = ", ".join(t.name for t in outcome.add)
             if self.dry_run:
                 log.info(f"Scene {scene.id} ({scene.title!r}) would gain: {names}")
-                self.counters.scenes_updated += 1
-                self.counters.tags_added += len(outcome.add)
+                self.counters["scenes_updated"] += 1
+                self.counters["tags_added"] += len(outcome.add)
             else:
                 log.debug(f"Scene {scene.id} gains {names} (matched by {how})")
                 self.writer.add(scene.id, frozenset(t.id for t in outcome.add))
@@ -445,10 +427,10 @@ class SceneTagSync:
 
     def count_outcome(self, unmatched: list[str], blacklisted: int, deleted: int) -> None:
         """Add one scene's skipped tags to the run's tallies."""
-        self.counters.tags_unmatched += len(unmatched)
-        self.counters.unmatched_names.update(unmatched)
-        self.counters.tags_blacklisted += blacklisted
-        self.counters.tags_deleted_on_stashdb += deleted
+        self.counters["tags_unmatched"] += len(unmatched)
+        self.unmatched_names.update(unmatched)
+        self.counters["tags_blacklisted"] += blacklisted
+        self.counters["tags_deleted_on_stashdb"] += deleted
 
     def advance(self, units: int) -> None:
         """Move the progress bar over both passes; it never goes back when pass 2 grows."""
@@ -472,17 +454,11 @@ class SceneTagSync:
         return str(path)
 
     def result(self, elapsed_s: float, report_path: str | None) -> TagSyncResult:
-        """Freeze the counters into the run's result."""
-        c = self.counters
+        """Freeze the tallies into the run's result."""
         return TagSyncResult(
-            dry_run=self.dry_run, endpoint=self.endpoint, scenes_seen=c.scenes_seen,
-            matched_by_fingerprint=c.matched_by_fingerprint, matched_by_id=c.matched_by_id,
-            not_found=c.not_found, deleted_on_stashdb=c.deleted_on_stashdb, scenes_updated=c.scenes_updated,
-            tags_added=c.tags_added, tags_unmatched=c.tags_unmatched, tags_blacklisted=c.tags_blacklisted,
-            tags_deleted_on_stashdb=c.tags_deleted_on_stashdb, errors=c.errors,
-            stashdb_requests=self.stashdb.requests_sent, stash_mutations=c.stash_mutations,
-            elapsed_s=round(elapsed_s, 3), report_path=report_path,
-            unmatched_tag_names=tuple(name for name, _ in c.unmatched_names.most_common(UNMATCHED_NAMES_KEPT)),
+            dry_run=self.dry_run, endpoint=self.endpoint, **self.counters,
+            stashdb_requests=self.stashdb.requests_sent, elapsed_s=round(elapsed_s, 3), report_path=report_path,
+            unmatched_tag_names=tuple(name for name, _ in self.unmatched_names.most_common(UNMATCHED_NAMES_KEPT)),
         )
 
 

@@ -11,10 +11,11 @@ from collections.abc import Callable
 from tests.conftest import ROOT, PluginRun, run_plugin
 
 
-def start_plugin(stdin_document: dict) -> subprocess.Popen:
+def start_plugin(stdin_document: dict, capture: bool = False) -> subprocess.Popen:
     """Start tag_manager.py as Stash does and hand it its stdin document."""
+    output = subprocess.PIPE if capture else subprocess.DEVNULL
     process = subprocess.Popen([sys.executable, str(ROOT / "tag_manager.py")], stdin=subprocess.PIPE,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+                               stdout=output, stderr=output, text=True)
     process.stdin.write(json.dumps(stdin_document))
     process.stdin.close()
     return process

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from tests.kill_harness import kill_then_rerun, start_plugin
 from tests.conftest import ROOT, SESSION_COOKIE, STASHDB_API_KEY, PluginRun, free_port, run_plugin
 from tests.test_scene_tag_sync import expected_additions, scene_tags
 
@@ -131,15 +132,18 @@ def test_stash_going_away_and_back_mid_run(servers, tmp_path):
     assert any("retrying" in line for line in run.log_lines("w"))
 
 
+def wait_for(condition, timeout_s: float = 20.0) -> None:
+    """Poll until ``condition()`` holds (bounded)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert condition()
+
+
 def test_second_concurrent_sync_is_refused(servers, tmp_path):
     servers.stash.delay_next(1, seconds=4, operation="TagSyncLinkedSceneIds")
-    first = subprocess.Popen([sys.executable, str(ROOT / "tag_manager.py")], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    first.stdin.write(json.dumps(stash_input(servers, tmp_path)))
-    first.stdin.close()
-    deadline = time.monotonic() + 20
-    while servers.stash.count("TagSyncLinkedSceneIds") < 1 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    first = start_plugin(stash_input(servers, tmp_path), capture=True)
+    wait_for(lambda: servers.stash.count("TagSyncLinkedSceneIds") >= 1)
     second = run_plugin(stash_input(servers, tmp_path))
     assert second.returncode == 1 and "already running" in second.document["error"]
     assert first.wait(timeout=60) == 0
@@ -148,17 +152,9 @@ def test_second_concurrent_sync_is_refused(servers, tmp_path):
 
 def test_killed_run_leaves_no_stale_lock(servers, tmp_path):
     servers.stash.delay_next(1, seconds=5, operation="TagSyncLinkedSceneIds")
-    victim = subprocess.Popen([sys.executable, str(ROOT / "tag_manager.py")], stdin=subprocess.PIPE,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
-    victim.stdin.write(json.dumps(stash_input(servers, tmp_path)))
-    victim.stdin.close()
-    deadline = time.monotonic() + 20
-    while servers.stash.count("TagSyncLinkedSceneIds") < 1 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    victim.kill()
-    victim.wait()
-    run = run_plugin(stash_input(servers, tmp_path))
-    assert run.returncode == 0, run.stderr
+    killed, run = kill_then_rerun(stash_input(servers, tmp_path),
+                                  lambda: servers.stash.count("TagSyncLinkedSceneIds") >= 1)
+    assert killed and run.returncode == 0, run.stderr
 
 
 def test_command_line_with_api_key(tmp_path):
