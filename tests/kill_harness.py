@@ -13,9 +13,10 @@ from tests.conftest import ROOT, PluginRun, run_plugin
 
 def start_plugin(stdin_document: dict, capture: bool = False) -> subprocess.Popen:
     """Start tag_manager.py as Stash does and hand it its stdin document."""
+    # stderr is dropped: a long log could fill the pipe while the test only waits.
     output = subprocess.PIPE if capture else subprocess.DEVNULL
     process = subprocess.Popen([sys.executable, str(ROOT / "tag_manager.py")], stdin=subprocess.PIPE,
-                               stdout=output, stderr=output, text=True)
+                               stdout=output, stderr=subprocess.DEVNULL, text=True)
     process.stdin.write(json.dumps(stdin_document))
     process.stdin.close()
     return process
