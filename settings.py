@@ -29,6 +29,9 @@ class Settings:
     max_requests_per_minute: float | None = None  # maxRequestsPerMinute; None: the box's own limit
     cache_db_path: str = ""  # cacheDbPath; empty: <PluginDir>/data/stash_cache.sqlite3
     live_cache: bool = False  # liveCache
+    cache_change_log_days: float = 30.0  # cacheChangeLogDays; 0 keeps the change log forever
+    cache_soft_delete: bool = False  # cacheSoftDelete
+    cache_soft_delete_days: float = 14.0  # cacheSoftDeleteDays; 0 keeps soft-deleted entities forever
 
     @classmethod
     def from_plugin_config(cls, config: Mapping[str, Any] | None) -> Settings:
@@ -38,7 +41,9 @@ class Settings:
         for field in fields(cls):
             key = SETTING_KEYS[field.name]
             if key in config and config[key] is not None:
-                values[field.name] = PARSERS[field.name](key, config[key])
+                value = PARSERS[field.name](key, config[key])
+                if value is not None:  # None: "not set", the default applies
+                    values[field.name] = value
         return cls(**values)
 
 
@@ -77,6 +82,22 @@ def parse_rate(key: str, raw: Any) -> float | None:
     return rate or None
 
 
+def parse_days(key: str, raw: Any) -> float | None:
+    """Accept a non-negative number of days; empty means 'not set' (the default applies)."""
+    if isinstance(raw, bool):
+        raise SettingsError(f"Setting {key} must be a number of days, not {raw!r}.")
+    text = str(raw).strip()
+    if text == "":
+        return None
+    try:
+        days = float(text)
+    except ValueError:
+        raise SettingsError(f"Setting {key} must be a number of days (e.g. 30), not {raw!r}.") from None
+    if math.isnan(days) or math.isinf(days) or days < 0:
+        raise SettingsError(f"Setting {key} must be a number of days of 0 or more (0 keeps forever), not {raw!r}.")
+    return days
+
+
 SETTING_KEYS = {
     "sync_dry_run": "syncDryRun",
     "stash_box_endpoint": "stashBoxEndpoint",
@@ -84,6 +105,9 @@ SETTING_KEYS = {
     "max_requests_per_minute": "maxRequestsPerMinute",
     "cache_db_path": "cacheDbPath",
     "live_cache": "liveCache",
+    "cache_change_log_days": "cacheChangeLogDays",
+    "cache_soft_delete": "cacheSoftDelete",
+    "cache_soft_delete_days": "cacheSoftDeleteDays",
 }
 PARSERS = {
     "sync_dry_run": parse_bool,
@@ -92,6 +116,9 @@ PARSERS = {
     "max_requests_per_minute": parse_rate,
     "cache_db_path": parse_text,
     "live_cache": parse_bool,
+    "cache_change_log_days": parse_days,
+    "cache_soft_delete": parse_bool,
+    "cache_soft_delete_days": parse_days,
 }
 
 
