@@ -1,6 +1,6 @@
 """Benchmark of the scene tag sync against the fakes, with the acceptance bounds.
 
-    .venv/bin/python bench/bench_tag_sync.py [--scenes 100000] [--small 10000] [--rate 3000] [--quick]
+    .venv/bin/python bench/bench_tag_sync.py [--scenes 100000] [--small 10000] [--rate 900] [--quick]
 
 For each library size (``--small`` and ``--scenes`` linked scenes, 2 % of them needing the by-id
 fallback) a child process generates the library and serves it with a fake Stash and a fake StashDB
@@ -61,10 +61,10 @@ def run_size(scenes: int, rate: float, seed: int, fallback_share: float, tags: i
         timeout = 3 * expected_requests * 60.0 / rate + 300
         print(f"[{scenes} scenes] running the plugin (about {expected_requests} StashDB requests at "
               f"{rate:g}/min, floor {(expected_requests - 1) * 60.0 / rate:.1f} s) ...", flush=True)
-        with stdin_path.open("rb") as stdin, stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
-            subprocess.run([sys.executable, "-m", "bench.common", "measure", "--out", str(measured),
-                            "--timeout", str(timeout), "--", sys.executable, str(PLUGIN_SCRIPT)],
-                           stdin=stdin, stdout=stdout, stderr=stderr, cwd=ROOT, check=True, timeout=timeout + 60)
+        with stdin_path.open("rb") as stdin, stdout_path.open("wb") as stdout:
+            phases = run_timed([sys.executable, "-m", "bench.common", "measure", "--out", str(measured),
+                                "--timeout", str(timeout), "--", sys.executable, str(PLUGIN_SCRIPT)],
+                               stdin, stdout, stderr_path, timeout + 60)
         report = fakes.ask("report")
     finally:
         fakes.stop()
@@ -79,10 +79,42 @@ def run_size(scenes: int, rate: float, seed: int, fallback_share: float, tags: i
         for line in handle:
             level = parse_log_line(line)[0] or "?"
             levels[level] = levels.get(level, 0) + 1
-    result = {"scenes": scenes, "info": info, "run": run, "summary": summary, "fakes": report, "log_lines": levels}
+    result = {"scenes": scenes, "info": info, "run": run, "summary": summary, "fakes": report, "log_lines": levels,
+              "phases": phases}
     print(f"[{scenes} scenes] done: wall {run['wall_s']:.1f} s, sync {summary['elapsed_s']:.1f} s, "
           f"peak RSS {run['peak_rss_mb']:.1f} MB, CPU {run['user_s'] + run['system_s']:.1f} s", flush=True)
     return result
+
+
+def run_timed(cmd: list[str], stdin, stdout, stderr_path: Path, timeout: float) -> dict[str, float]:
+    """Run ``cmd`` with its stderr copied to ``stderr_path``; note when the sync's phases end (seconds from start).
+
+    start: the linked scenes are snapshotted; pass1: the fingerprint pass is done; pass2: the last
+    progress below 100 % (every look-up done, only the pending writes left); end: progress 100 %.
+    """
+    started = time.perf_counter()
+    phases: dict[str, float] = {}
+    proc = subprocess.Popen(cmd, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, cwd=ROOT)
+    try:
+        with stderr_path.open("wb") as copy:
+            for raw in proc.stderr:  # ends when the plugin (and the wrapper) exit
+                copy.write(raw)
+                level, message = parse_log_line(raw.decode("utf-8", errors="replace"))
+                now = time.perf_counter() - started
+                if level == "p":
+                    phases["end" if float(message or 0) >= 1.0 else "pass2"] = now
+                elif level == "i" and "linked to" in message and "to check" in message:
+                    phases["start"] = now
+                elif level == "i" and message.startswith("Fingerprint pass done"):
+                    phases["pass1"] = now
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    if proc.returncode != 0:
+        raise SystemExit(f"the measuring wrapper failed (exit {proc.returncode})")
+    return {k: round(v, 2) for k, v in phases.items()}
 
 
 def figures(result: dict, rate: float, check_wall: bool) -> list[tuple[str, str, str, bool | None]]:
@@ -112,6 +144,8 @@ def figures(result: dict, rate: float, check_wall: bool) -> list[tuple[str, str,
          if check_wall else None),
         (f"[{n}]   sync time (summary elapsed_s)", f"{s['elapsed_s']:.2f} s",
          f"{s['elapsed_s'] / floor:.3f} x floor" if floor > 0 else "-", None),
+        (f"[{n}]   phases (s from process start)", phase_text(result.get("phases") or {}),
+         "setup | pass 1 | pass 2 | final writes", None),
         (f"[{n}] HTTP 429 from StashDB", f"{f['stashdb_throttled']}", "= 0", f["stashdb_throttled"] == 0),
         (f"[{n}] tags added as expected", f"{f['scenes_changed']} scenes / {f['tags_added']} tags, "
          f"{f['scenes_lost_tags']} lost, {f['differing_from_expected']} differ",
@@ -120,6 +154,14 @@ def figures(result: dict, rate: float, check_wall: bool) -> list[tuple[str, str,
         (f"[{n}] peak RSS (plugin process)", f"{run['peak_rss_mb']:.1f} MB", "", None),
     ]
     return rows
+
+
+def phase_text(phases: dict[str, float]) -> str:
+    """Durations of setup, pass 1, pass 2 and the final writes, from the phase end times."""
+    marks = [0.0] + [phases.get(k) for k in ("start", "pass1", "pass2", "end")]
+    if any(m is None for m in marks):
+        return "-"
+    return " | ".join(f"{b - a:.1f}" for a, b in zip(marks, marks[1:]))
 
 
 def print_table(rows: list[tuple[str, str, str, bool | None]]) -> None:
@@ -136,12 +178,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", type=int, default=100_000, help="linked scenes of the main run")
     parser.add_argument("--small", type=int, default=10_000, help="linked scenes of the RSS reference run")
-    parser.add_argument("--rate", type=float, default=3000, help="StashDB requests per minute (configured and enforced)")
+    parser.add_argument("--rate", type=float, default=900,
+                        help="StashDB requests per minute, configured and enforced (default 900: the fakes take "
+                             "about 50 ms per fingerprint batch, so above ~1000/min they would set the pace, "
+                             "not the limiter)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--fallback-share", type=float, default=0.02)
     parser.add_argument("--tags", type=int, default=60, help="local tags in the generated library")
     parser.add_argument("--quick", action="store_true", help="2,000 and 20,000 scenes")
     parser.add_argument("--json", type=Path, default=None, help="also write every raw figure to this file")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep the plugin's stdin, stdout and log of every run in this (new) folder")
     args = parser.parse_args(argv)
     if args.quick:
         args.small, args.scenes = 2_000, 20_000
@@ -150,8 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Scene tag sync benchmark: {args.small} and {args.scenes} linked scenes, "
           f"{args.fallback_share:.0%} needing the by-id fallback, StashDB at {args.rate:g} requests/min", flush=True)
     with tempfile.TemporaryDirectory(prefix="tagmanager-bench-") as tmp:
-        small = run_size(args.small, args.rate, args.seed, args.fallback_share, args.tags, Path(tmp))
-        large = run_size(args.scenes, args.rate, args.seed, args.fallback_share, args.tags, Path(tmp))
+        workdir = Path(tmp)
+        if args.keep:
+            args.keep.mkdir(parents=True)
+            workdir = args.keep
+        small = run_size(args.small, args.rate, args.seed, args.fallback_share, args.tags, workdir)
+        large = run_size(args.scenes, args.rate, args.seed, args.fallback_share, args.tags, workdir)
 
     rows = figures(small, args.rate, check_wall=False) + figures(large, args.rate, check_wall=True)
     ratio = large["run"]["peak_rss_mb"] / small["run"]["peak_rss_mb"]

@@ -106,6 +106,8 @@ class Fakes:
 
     def report(self) -> dict[str, Any]:
         """What changed since ``snapshot`` and what the fakes were asked, checked against the generator."""
+        if not self.before:
+            return {"error": "report before snapshot"}
         with self.world.lock:
             after = scene_tags(self.world)
         changes = tag_changes(self.before, after)
