@@ -1,0 +1,32 @@
+"""Properties of the cache cursor: Stash compares timestamps as text, in whatever offset it wrote."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from local_cache import epoch_of, window_lower_bound
+from tests.fakes.fake_stash import render_timestamp
+
+EPOCHS = st.integers(min_value=946684800, max_value=4102444800)  # 2000..2100
+OFFSETS = st.integers(min_value=-12 * 4, max_value=14 * 4).map(lambda quarters: timedelta(minutes=15 * quarters))
+
+
+@given(EPOCHS, st.integers(min_value=0, max_value=3 * 86400), OFFSETS)
+def test_nothing_written_at_or_after_the_cursor_sorts_below_the_window(cursor_epoch, later_by, offset):
+    written = render_timestamp(datetime.fromtimestamp(cursor_epoch + later_by, timezone.utc), offset)
+    assert written > window_lower_bound(cursor_epoch)
+
+
+@given(EPOCHS, OFFSETS)
+def test_cursor_text_round_trips_to_the_same_instant(epoch, offset):
+    assert epoch_of(render_timestamp(datetime.fromtimestamp(epoch, timezone.utc), offset)) == epoch
+
+
+@given(EPOCHS, OFFSETS, OFFSETS)
+def test_window_is_at_most_26_hours_wide(cursor_epoch, cursor_offset, offset):
+    """The margin costs at most the offsets' span: rows from >26 h before the cursor stay out."""
+    old = render_timestamp(datetime.fromtimestamp(cursor_epoch - 26 * 3600 - 2, timezone.utc), offset)
+    assert old < window_lower_bound(cursor_epoch)
