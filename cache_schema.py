@@ -4,6 +4,9 @@ The schema lives only here. ``PRAGMA user_version`` holds the version of a cache
 ``migrate()`` applies the missing steps of ``MIGRATIONS`` in order, each step together with
 its version bump in one transaction, and refuses a file written by a newer version.
 
+Version 3 adds soft retention (``deleted_at`` on every entity table and a ``live_<type>`` view of
+the present ones), the change log ``sync_changes`` and per-run change counts in ``sync_runs``.
+
 Every mirror table carries three guard triggers (INSERT, UPDATE, DELETE) that abort unless the
 connection has attached the in-memory database ``cache_writer`` — which only the sync's own
 connection does (``enable_writes``). Any other connection, a plain ``sqlite3`` shell included,
@@ -18,7 +21,7 @@ from contextlib import contextmanager
 
 from tm_errors import CacheSchemaError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 WRITER_SCHEMA = "cache_writer"
 READ_ONLY_MESSAGE = (
     "stash cache is a read-only mirror of Stash: change the data in Stash, then run "
@@ -178,7 +181,39 @@ _V2_DERIVED = [
 V2_TABLES = ("image_inherited", "image_inherited_performers", "image_inherited_tags",
              "scene_inherited_tags", "image_counts", "pending_reread", "dirty")
 
-MIRROR_TABLES = V1_TABLES + V2_TABLES
+_DELETED_IMAGES = "(SELECT id FROM images WHERE deleted_at IS NOT NULL)"
+
+_V3_CHANGES = (
+    [f"ALTER TABLE {t} ADD COLUMN deleted_at TEXT" for t in ENTITY_TABLES]
+    # partial indexes: only soft-deleted rows are indexed, so they cost nothing when the setting is off
+    + [f"CREATE INDEX {t}_deleted_at ON {t} (deleted_at) WHERE deleted_at IS NOT NULL" for t in ENTITY_TABLES]
+    + [f"CREATE VIEW live_{t} AS SELECT * FROM {t} WHERE deleted_at IS NULL" for t in ENTITY_TABLES]
+    + ["""CREATE TABLE sync_changes (
+        id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL, entity_type TEXT NOT NULL, entity_id INTEGER NOT NULL,
+        change TEXT NOT NULL, field TEXT, old_value, new_value)""",
+       "CREATE INDEX sync_changes_run_id ON sync_changes (run_id)",
+       "CREATE INDEX sync_changes_entity ON sync_changes (entity_type, entity_id)",
+       "ALTER TABLE sync_runs ADD COLUMN created INTEGER NOT NULL DEFAULT 0",
+       "ALTER TABLE sync_runs ADD COLUMN updated INTEGER NOT NULL DEFAULT 0",
+       "ALTER TABLE sync_runs ADD COLUMN unchanged INTEGER NOT NULL DEFAULT 0",
+       "ALTER TABLE sync_runs ADD COLUMN rows_written INTEGER",
+       "ALTER TABLE sync_runs ADD COLUMN entities TEXT",
+       # image counts and other derived data ignore soft-deleted images
+       "DROP VIEW image_effective_links",
+       f"""CREATE VIEW image_effective_links (image_id, entity_type, entity_id) AS
+        SELECT image_id, 'tag', tag_id FROM image_tags WHERE image_id NOT IN {_DELETED_IMAGES}
+        UNION SELECT image_id, 'tag', tag_id FROM image_inherited_tags
+        UNION SELECT image_id, 'performer', performer_id FROM image_performers WHERE image_id NOT IN {_DELETED_IMAGES}
+        UNION SELECT image_id, 'performer', performer_id FROM image_inherited_performers
+        UNION SELECT id, 'studio', studio_id FROM images WHERE studio_id IS NOT NULL AND deleted_at IS NULL
+        UNION SELECT image_id, 'studio', studio_id FROM image_inherited WHERE studio_id IS NOT NULL
+        UNION SELECT image_id, 'gallery', gallery_id FROM image_galleries WHERE image_id NOT IN {_DELETED_IMAGES}"""]
+)
+
+V3_TABLES = ("sync_changes",)
+LIVE_VIEWS = tuple(f"live_{t}" for t in ENTITY_TABLES)
+
+MIRROR_TABLES = V1_TABLES + V2_TABLES + V3_TABLES
 
 
 def _sql_text(text: str) -> str:
@@ -205,6 +240,10 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
      # caches from version 1 have no derived data yet: have the next sync compute all of it
      + ["INSERT OR REPLACE INTO cache_meta (key, value) "
         "SELECT 'derived_full', '1' WHERE EXISTS (SELECT 1 FROM sync_state)"]),
+    # content hashes of older files cover Stash's raw answer, not the mirrored content: the first
+    # fetch of such an entity compares its content and rewrites only the hash when nothing changed
+    (3, "soft retention (deleted_at, live_* views), change log and per-run change counts",
+     _V3_CHANGES + [sql for t in V3_TABLES for sql in guard_triggers(t)]),
 ]
 
 

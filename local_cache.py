@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -46,6 +47,7 @@ from typing import Any
 
 import cache_schema
 from cache_schema import LINK_TABLES, atomic
+from settings import Settings
 from stash_client import StashClient
 from tm_errors import CacheError, CacheLockedError, CacheSchemaError, SettingsError
 
@@ -136,6 +138,61 @@ SPECS: tuple[EntitySpec, ...] = (
         ("image_tags", "image_performers", "image_galleries"), files_table="image_files"),
 )
 SPEC_BY_TABLE = {spec.table: spec for spec in SPECS}
+ENTITY_TYPES: tuple[str, ...] = tuple(spec.table for spec in SPECS)
+_ENTITY_ALIASES = {**{spec.table: spec.table for spec in SPECS}, **{spec.kind: spec.table for spec in SPECS}}
+
+
+def parse_entities(text: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The entity types named in ``text`` ("performers,tags" or a list), in sync order; () means all.
+
+    Names are case-insensitive and may be singular; an unknown name is a SettingsError listing the
+    allowed ones.
+    """
+    if text is None:
+        return ()
+    parts = str(text).split(",") if isinstance(text, str) else [str(p) for p in text]
+    wanted = set()
+    for part in parts:
+        name = part.strip().lower()
+        if not name:
+            continue
+        if name not in _ENTITY_ALIASES:
+            raise SettingsError(f"Unknown entity type {part.strip()!r} in entities. "
+                                f"Allowed: {','.join(ENTITY_TYPES)} (comma separated).")
+        wanted.add(_ENTITY_ALIASES[name])
+    return tuple(t for t in ENTITY_TYPES if t in wanted)
+
+
+@dataclass(frozen=True)
+class CacheOptions:
+    """How a sync keeps history; built from the plugin settings (defaults live in ``settings.Settings``)."""
+
+    change_log_days: float = Settings.cache_change_log_days   # prune sync_changes of older runs; 0 keeps all
+    soft_delete: bool = Settings.cache_soft_delete             # keep vanished entities with deleted_at set
+    soft_delete_days: float = Settings.cache_soft_delete_days  # purge soft-deleted entities after; 0 keeps
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CacheOptions:
+        """The cache options of the plugin settings."""
+        return cls(change_log_days=settings.cache_change_log_days, soft_delete=settings.cache_soft_delete,
+                   soft_delete_days=settings.cache_soft_delete_days)
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """A positive duration such as ``7d``, ``12h``, ``30m``, ``1d12h`` or ``2w`` (units s m h d w)."""
+    compact = str(text or "").strip().lower().replace(" ", "")
+    parts = _DURATION_PART.findall(compact)
+    if not compact or "".join(n + u for n, u in parts) != compact:
+        raise SettingsError(f"Duration {text!r} is not understood: use a number and a unit, "
+                            "e.g. 7d, 12h, 30m or 1d12h (units s, m, h, d, w).")
+    total = timedelta(seconds=sum(float(n) * _DURATION_UNITS[u] for n, u in parts))
+    if total <= timedelta(0):
+        raise SettingsError(f"Duration {text!r} must be longer than zero.")
+    return total
 
 
 def _page_query(spec: EntitySpec) -> str:
@@ -233,10 +290,24 @@ class TypeStats:
     """What one run did to one entity type."""
 
     fetched: int = 0
-    upserted: int = 0
-    deleted: int = 0
+    upserted: int = 0      # rows (re)written: created + updated + revived
+    deleted: int = 0       # vanished from Stash (removed, or soft-deleted with cacheSoftDelete)
     skipped: bool = False
     note: str = ""
+    created: int = 0
+    updated: int = 0       # fetched with a different mirrored content (fields or links)
+    unchanged: int = 0     # fetched with identical mirrored content: not rewritten
+    revived: int = 0       # soft-deleted entities Stash has again
+    purged: int = 0        # soft-deleted entities removed for good after cacheSoftDeleteDays
+    soft_deleted: int = 0  # soft-deleted entities the mirror holds after the run
+
+    def summary(self) -> str:
+        """One line of counts."""
+        text = f"{self.created} created, {self.updated} updated, {self.unchanged} unchanged, {self.deleted} deleted"
+        extra = [f"{n} {w}" for n, w in ((self.revived, "revived"), (self.purged, "purged"),
+                                         (self.soft_deleted, "soft-deleted kept")) if n]
+        text += "".join(f", {e}" for e in extra) + f" ({self.fetched} fetched"
+        return text + (", idle)" if self.skipped else ")")
 
 
 @dataclass(frozen=True)
@@ -253,6 +324,25 @@ class CacheSyncResult:
     per_type: dict[str, TypeStats] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     run_id: int = 0
+    entities: tuple[str, ...] = ()  # the types this run covered (all when the run had no scope)
+    # SQLite total_changes() over the sync work: every row the run inserted, updated or deleted
+    # in any table, except its own sync_runs record (written before and after the measurement)
+    rows_written: int = 0
+
+    @property
+    def created(self) -> int:
+        """Entities new to the mirror in total."""
+        return sum(s.created for s in self.per_type.values())
+
+    @property
+    def updated(self) -> int:
+        """Entities whose mirrored content changed in total."""
+        return sum(s.updated for s in self.per_type.values())
+
+    @property
+    def unchanged(self) -> int:
+        """Entities fetched with identical content in total."""
+        return sum(s.unchanged for s in self.per_type.values())
 
     @property
     def fetched(self) -> int:
@@ -272,18 +362,20 @@ class CacheSyncResult:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form with totals."""
         out = asdict(self)
-        out.update(fetched=self.fetched, upserted=self.upserted, deleted=self.deleted)
+        out.update(fetched=self.fetched, upserted=self.upserted, deleted=self.deleted, created=self.created,
+                   updated=self.updated, unchanged=self.unchanged)
         return out
 
     def __str__(self) -> str:
         parts = []
         for table, s in self.per_type.items():
-            if s.skipped:
+            if s.skipped and not (s.deleted or s.purged):
                 parts.append(f"{table} unchanged")
             else:
-                parts.append(f"{table} {s.fetched} fetched/{s.upserted} written/{s.deleted} deleted")
+                parts.append(f"{table} {s.created}+/{s.updated}~/{s.unchanged}=/{s.deleted}-")
         text = (f"Cache {self.mode.removeprefix('cache_').replace('_', ' ')} {self.status} in {self.seconds:.1f} s "
-                f"with {self.stash_requests} Stash requests: " + ", ".join(parts) + ".")
+                f"with {self.stash_requests} Stash requests, {self.rows_written} rows written "
+                "(created+/updated~/unchanged=/deleted-): " + ", ".join(parts) + ".")
         if self.warnings:
             text += " Warnings: " + " ".join(self.warnings)
         return text
@@ -457,14 +549,8 @@ def _ref(value: Any) -> int | None:
     return int(value["id"]) if value else None
 
 
-def content_hash(item: dict) -> str:
-    """Hash of an item exactly as Stash sent it (field order is fixed by the query)."""
-    raw = json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode()
-    return hashlib.blake2b(raw, digest_size=12).hexdigest()
-
-
 def _row(spec: EntitySpec, item: dict) -> tuple:
-    """The entity table row of one item (columns of ``spec`` + created/updated/hash)."""
+    """The entity table row of one item (columns of ``spec`` + created/updated, without the hash)."""
     t = spec.table
     if t == "studios":
         values = (item["name"], _ref(item.get("parent_studio")), _json_list(item.get("aliases")),
@@ -493,7 +579,7 @@ def _row(spec: EntitySpec, item: dict) -> tuple:
         values = (item.get("title"), item.get("code"), item.get("date"), item.get("details"),
                   item.get("photographer"), item.get("rating100"), _flag(item.get("organized")),
                   _ref(item.get("studio")), _json_list(item.get("urls")))
-    return (int(item["id"]), *values, item["created_at"], item["updated_at"], content_hash(item))
+    return (int(item["id"]), *values, item["created_at"], item["updated_at"])
 
 
 def _ids(objs: Any) -> list[int]:
@@ -550,16 +636,145 @@ def _files(spec: EntitySpec, item: dict) -> list[tuple]:
 _FILE_COLUMNS = {"scene_files": 8, "image_files": 4, "gallery_files": 3}
 
 
+def _element(row: tuple) -> Any:
+    """A link/file row without its owner column: the bare target id, or a tuple."""
+    return row[1] if len(row) == 2 else tuple(row[1:])
+
+
+def _sorted(values: Iterable[Any]) -> list:
+    """Elements in a fixed order (None and mixed types sort by their repr)."""
+    values = list(values)
+    try:
+        return sorted(values)
+    except TypeError:
+        return sorted(values, key=repr)
+
+
+@dataclass(frozen=True)
+class Content:
+    """What the mirror holds for one entity: its row and the sets it owns, with their digest.
+
+    ``sets`` maps each owned link table, its files table and ``stash_ids`` to the elements the
+    entity has there (link rows without the owner column). The digest is stored as ``content_hash``;
+    two items with the same mirrored fields and links have the same digest, whatever order Stash
+    listed the links in.
+    """
+
+    row: tuple                       # id, columns..., created_at, updated_at
+    sets: dict[str, list]
+    digest: str
+
+    @property
+    def id(self) -> int:
+        """The entity id."""
+        return self.row[0]
+
+
+def _sets(spec: EntitySpec, item: dict) -> dict[str, list]:
+    """Elements of every set an item owns (deduplicated as the tables' keys do)."""
+    out = {table: [_element(r) for r in rows] for table, rows in _links(spec, item).items()}
+    if spec.files_table:
+        out[spec.files_table] = [_element(r) for r in _files(spec, item)]
+    if spec.has_stash_ids:
+        out["stash_ids"] = list(dict.fromkeys((s["endpoint"], s["stash_id"]) for s in item.get("stash_ids") or []))
+    return out
+
+
+def mirrored_content(spec: EntitySpec, item: dict) -> Content:
+    """The mirrored content of one Stash item and its digest."""
+    row = _row(spec, item)
+    sets = _sets(spec, item)
+    canonical = repr((row, [(table, _sorted(values)) for table, values in sets.items()]))
+    return Content(row, sets, hashlib.blake2b(canonical.encode(), digest_size=12).hexdigest())
+
+
+def _owned_tables(spec: EntitySpec) -> list[tuple[str, str]]:
+    """(table, owner column) of every link and file table the type owns."""
+    out = [(t, LINK_TABLES[t][0]) for t in spec.links]
+    if spec.files_table:
+        out.append((spec.files_table, f"{spec.kind}_id"))
+    return out
+
+
+def load_contents(conn: sqlite3.Connection, spec: EntitySpec, ids: Sequence[int]) -> dict[int, tuple[tuple, dict]]:
+    """id -> (row, sets) as the mirror holds them (the same shapes as ``Content``), for the given ids."""
+    cols = ", ".join(("id", *spec.columns[1:], "created_at", "updated_at"))
+    out: dict[int, tuple[tuple, dict]] = {}
+    for chunk in _chunks(list(ids), 900):
+        marks = ",".join("?" * len(chunk))
+        for row in conn.execute(f"SELECT {cols} FROM {spec.table} WHERE id IN ({marks})", chunk):
+            sets: dict[str, list] = {t: [] for t, _ in _owned_tables(spec)}
+            if spec.has_stash_ids:
+                sets["stash_ids"] = []
+            out[row[0]] = (tuple(row), sets)
+        for table, owner in _owned_tables(spec):
+            for row in conn.execute(f"SELECT * FROM {table} WHERE {owner} IN ({marks})", chunk):
+                if row[0] in out:
+                    out[row[0]][1][table].append(_element(row))
+        if spec.has_stash_ids:
+            for eid, endpoint, stash_id in conn.execute(
+                    f"SELECT entity_id, endpoint, stash_id FROM stash_ids WHERE entity_type = ? "
+                    f"AND entity_id IN ({marks})", (spec.kind, *chunk)):
+                if eid in out:
+                    out[eid][1]["stash_ids"].append((endpoint, stash_id))
+    return out
+
+
+def _json_elements(values: Iterable[Any]) -> str:
+    """Link elements as a JSON list (tuples become lists)."""
+    return json.dumps([list(v) if isinstance(v, tuple) else v for v in _sorted(values)],
+                      ensure_ascii=False, separators=(",", ":"))
+
+
+def content_diff(spec: EntitySpec, old: tuple[tuple, dict], new: Content) -> list[tuple[str, Any, Any]]:
+    """(field, old value, new value) of every difference; a set gives (table, removed ids, added ids) as JSON."""
+    old_row, old_sets = old
+    names = (*spec.columns[1:], "created_at", "updated_at")
+    out = [(name, a, b) for name, a, b in zip(names, old_row[1:], new.row[1:]) if a != b]
+    for table, values in new.sets.items():
+        before, after = set(old_sets.get(table, ())), set(values)
+        removed, added = before - after, after - before
+        if removed or added:
+            out.append((table, _json_elements(removed), _json_elements(added)))
+    return out
+
+
+@dataclass
+class ChangeRecorder:
+    """Counts what writes did per type and, with a ``run_id``, logs each change in ``sync_changes``.
+
+    Pass one to ``write_items`` / ``delete_entities`` to get change accounting; ``soft_delete``
+    makes ``delete_entities`` keep entities with ``deleted_at`` set instead of removing them.
+    """
+
+    run_id: int | None = None
+    soft_delete: bool = False
+    now_text: Callable[[], str] = field(default=lambda: _now_text())
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def count(self, table: str, what: str, n: int = 1) -> None:
+        """Add ``n`` to one counter of one type."""
+        if n:
+            per = self.counts.setdefault(table, {})
+            per[what] = per.get(what, 0) + n
+
+    def log(self, conn: sqlite3.Connection, rows: list[tuple]) -> None:
+        """Insert (entity_type, entity_id, change, field, old, new) rows for this run."""
+        if self.run_id is not None and rows:
+            conn.executemany("INSERT INTO sync_changes (run_id, entity_type, entity_id, change, field, old_value, "
+                             "new_value) VALUES (?, ?, ?, ?, ?, ?, ?)", [(self.run_id, *r) for r in rows])
+
+
 # ---------------------------------------------------------------------------------------------
 # writing
 
 
 def _upsert_sql(spec: EntitySpec) -> str:
-    """INSERT ... ON CONFLICT(id) DO UPDATE for the entity table."""
+    """INSERT ... ON CONFLICT(id) DO UPDATE for the entity table (an upsert also revives the row)."""
     cols = (*spec.columns, "created_at", "updated_at", "content_hash")
     sets = ", ".join(f"{c} = excluded.{c}" for c in cols[1:])
     return (f"INSERT INTO {spec.table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
-            f"ON CONFLICT(id) DO UPDATE SET {sets}")
+            f"ON CONFLICT(id) DO UPDATE SET {sets}, deleted_at = NULL")
 
 
 def _chunks(seq: Sequence, size: int) -> Iterator[Sequence]:
@@ -568,94 +783,164 @@ def _chunks(seq: Sequence, size: int) -> Iterator[Sequence]:
         yield seq[start:start + size]
 
 
-def _existing_hashes(conn: sqlite3.Connection, table: str, ids: Sequence[int]) -> dict[int, str]:
-    """id -> content_hash of the mirror rows among ``ids``."""
-    out: dict[int, str] = {}
+def _existing_states(conn: sqlite3.Connection, table: str, ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
+    """id -> (content_hash, deleted_at) of the mirror rows among ``ids``."""
+    out: dict[int, tuple[str, str | None]] = {}
     for chunk in _chunks(ids, 900):
         marks = ",".join("?" * len(chunk))
-        out.update(conn.execute(f"SELECT id, content_hash FROM {table} WHERE id IN ({marks})", chunk).fetchall())
+        out.update((r[0], (r[1], r[2])) for r in conn.execute(
+            f"SELECT id, content_hash, deleted_at FROM {table} WHERE id IN ({marks})", chunk))
     return out
 
 
-def write_items(conn: sqlite3.Connection, spec: EntitySpec, items: Iterable[dict], mark_dirty: bool = True) -> int:
-    """Upsert the items whose content changed, replacing their links, files and stash ids; returns how many.
+def write_items(conn: sqlite3.Connection, spec: EntitySpec, items: Iterable[dict], mark_dirty: bool = True,
+                recorder: ChangeRecorder | None = None) -> int:
+    """Write the items whose mirrored content changed, replacing their links, files and stash ids.
 
-    Must run inside a transaction. ``mark_dirty`` queues them for the derived-data refresh.
+    An item whose fields and links equal the mirror's is not rewritten (a soft-deleted one only has
+    its ``deleted_at`` cleared). Returns how many entities were created, updated or revived. Must run
+    inside a transaction. ``mark_dirty`` queues them for the derived-data refresh; ``recorder``
+    counts created/updated/unchanged/revived and logs the changes.
     """
-    rows, by_id = [], {}
-    for item in items:
-        row = _row(spec, item)
-        rows.append(row)
-        by_id[row[0]] = item
-    if not rows:
+    contents = list({c.id: c for c in (mirrored_content(spec, item) for item in items)}.values())
+    if not contents:
         return 0
-    existing = _existing_hashes(conn, spec.table, [r[0] for r in rows])
-    changed = [r for r in rows if existing.get(r[0]) != r[-1]]
-    if not changed:
-        return 0
-    old_ids = [(r[0],) for r in changed if r[0] in existing]
-    conn.executemany(_upsert_sql(spec), changed)
-    owned = list(spec.links) + ([spec.files_table] if spec.files_table else [])
+    existing = _existing_states(conn, spec.table, [c.id for c in contents])
+    rewrite: list[Content] = []        # created, or content changed
+    touch: list[tuple[str, int]] = []  # content equal: store the digest / clear deleted_at only
+    changes: list[tuple] = []
+    counts = {"created": 0, "updated": 0, "unchanged": 0, "revived": 0}
+    compare = [c for c in contents if c.id in existing and existing[c.id][0] != c.digest]
+    old = load_contents(conn, spec, [c.id for c in compare]) if compare else {}
+    for c in contents:
+        state = existing.get(c.id)
+        if state is None:
+            rewrite.append(c)
+            counts["created"] += 1
+            changes.append((spec.table, c.id, "created", None, None, None))
+            continue
+        revived = state[1] is not None
+        diff = content_diff(spec, old[c.id], c) if state[0] != c.digest else []
+        if revived:
+            counts["revived"] += 1
+            changes.append((spec.table, c.id, "revived", None, None, None))
+        counts["updated" if diff else "unchanged"] += not revived
+        if diff:
+            rewrite.append(c)
+            changes.extend((spec.table, c.id, "updated", f, a, b) for f, a, b in diff)
+        elif revived or state[0] != c.digest:
+            touch.append((c.digest, c.id))
+    if recorder is not None:
+        for what, n in counts.items():
+            recorder.count(spec.table, what, n)
+        recorder.log(conn, changes)
+    if touch:
+        conn.executemany(f"UPDATE {spec.table} SET content_hash = ?, deleted_at = NULL WHERE id = ?", touch)
+    if rewrite:
+        _rewrite(conn, spec, rewrite, [c.id for c in rewrite if c.id in existing])
+    revived_ids = [c.id for c in contents if c.id in existing and existing[c.id][1] is not None]
+    if mark_dirty:
+        conn.executemany("INSERT OR IGNORE INTO dirty VALUES (?, ?)",
+                         [(spec.table, i) for i in dict.fromkeys([c.id for c in rewrite] + revived_ids)])
+    return counts["created"] + counts["updated"] + counts["revived"]
+
+
+def _rewrite(conn: sqlite3.Connection, spec: EntitySpec, contents: list[Content], old_ids: list[int]) -> None:
+    """Upsert rows and replace everything they own."""
+    conn.executemany(_upsert_sql(spec), [(*c.row, c.digest) for c in contents])
     if old_ids:
-        for table in owned:
-            owner = LINK_TABLES[table][0] if table in LINK_TABLES else f"{spec.kind}_id"
-            conn.executemany(f"DELETE FROM {table} WHERE {owner} = ?", old_ids)
+        params = [(i,) for i in old_ids]
+        for table, owner in _owned_tables(spec):
+            conn.executemany(f"DELETE FROM {table} WHERE {owner} = ?", params)
         if spec.has_stash_ids:
             conn.executemany("DELETE FROM stash_ids WHERE entity_type = ? AND entity_id = ?",
-                             [(spec.kind, i) for (i,) in old_ids])
-    link_rows: dict[str, list[tuple]] = {t: [] for t in spec.links}
-    file_rows: list[tuple] = []
-    stash_rows: list[tuple] = []
-    for row in changed:
-        item = by_id[row[0]]
-        for table, values in _links(spec, item).items():
-            link_rows[table].extend(values)
-        if spec.files_table:
-            file_rows.extend(_files(spec, item))
-        if spec.has_stash_ids:
-            stash_rows.extend(dict.fromkeys((spec.kind, row[0], s["endpoint"], s["stash_id"])
-                                            for s in item.get("stash_ids") or []))
-    for table, values in link_rows.items():
-        if values:
-            width = len(values[0])
-            conn.executemany(f"INSERT OR IGNORE INTO {table} VALUES ({','.join('?' * width)})", values)
-    if file_rows:
-        width = _FILE_COLUMNS[spec.files_table]
-        conn.executemany(f"INSERT INTO {spec.files_table} VALUES ({','.join('?' * width)})", file_rows)
-    if stash_rows:
-        conn.executemany("INSERT OR IGNORE INTO stash_ids VALUES (?, ?, ?, ?)", stash_rows)
-    if mark_dirty:
-        conn.executemany("INSERT OR IGNORE INTO dirty VALUES (?, ?)", [(spec.table, r[0]) for r in changed])
-    return len(changed)
+                             [(spec.kind, i) for i in old_ids])
+    for table, _owner in _owned_tables(spec):
+        rows = [(c.id, *(e if isinstance(e, tuple) else (e,))) for c in contents for e in c.sets[table]]
+        if rows:
+            marks = ",".join("?" * len(rows[0]))
+            verb = "INSERT" if table == spec.files_table else "INSERT OR IGNORE"
+            conn.executemany(f"{verb} INTO {table} VALUES ({marks})", rows)
+    if spec.has_stash_ids:
+        rows = [(spec.kind, c.id, endpoint, stash_id) for c in contents for endpoint, stash_id in c.sets["stash_ids"]]
+        if rows:
+            conn.executemany("INSERT OR IGNORE INTO stash_ids VALUES (?, ?, ?, ?)", rows)
 
 
-def delete_entities(conn: sqlite3.Connection, spec: EntitySpec, ids: Sequence[int]) -> int:
-    """Remove entities with their own links, files and stash ids; queue whatever linked to them.
+def _remove_rows(conn: sqlite3.Connection, spec: EntitySpec, ids: Sequence[int]) -> int:
+    """Delete entity rows with their own links, files and stash ids; returns how many rows went."""
+    params = [(i,) for i in ids]
+    for table, owner in _owned_tables(spec):
+        conn.executemany(f"DELETE FROM {table} WHERE {owner} = ?", params)
+    conn.executemany("DELETE FROM stash_ids WHERE entity_type = ? AND entity_id = ?", [(spec.kind, i) for i in ids])
+    before = conn.total_changes
+    conn.executemany(f"DELETE FROM {spec.table} WHERE id = ?", params)
+    return conn.total_changes - before
 
-    Must run inside a transaction. Returns how many mirror rows were removed.
+
+def _present(conn: sqlite3.Connection, spec: EntitySpec, ids: Sequence[int], live_only: bool) -> list[int]:
+    """The ids among ``ids`` the mirror holds (only those not soft-deleted when ``live_only``)."""
+    out: list[int] = []
+    where = " AND deleted_at IS NULL" if live_only else ""
+    for chunk in _chunks(list(ids), 900):
+        marks = ",".join("?" * len(chunk))
+        out += [r[0] for r in conn.execute(f"SELECT id FROM {spec.table} WHERE id IN ({marks}){where}", chunk)]
+    return sorted(out)
+
+
+def delete_entities(conn: sqlite3.Connection, spec: EntitySpec, ids: Sequence[int],
+                    recorder: ChangeRecorder | None = None) -> int:
+    """Remove entities Stash no longer has (with their own links, files and stash ids); queue whatever linked to them.
+
+    With a recorder whose ``soft_delete`` is set, the entities are kept with ``deleted_at`` set
+    (links included) instead. Must run inside a transaction. Returns how many entities went.
     """
     if not ids:
         return 0
+    soft = recorder is not None and recorder.soft_delete
     gone = set(ids)
-    params = [(i,) for i in ids]
     for table, column, owner, owner_type in REFERENCES[spec.table]:
         for chunk in _chunks(list(ids), 900):
             marks = ",".join("?" * len(chunk))
             rows = conn.execute(f"SELECT DISTINCT {owner} FROM {table} WHERE {column} IN ({marks})", chunk).fetchall()
             queued = [(owner_type, r[0]) for r in rows if not (owner_type == spec.table and r[0] in gone)]
             conn.executemany("INSERT OR IGNORE INTO pending_reread VALUES (?, ?)", queued)
-    owned = list(spec.links) + ([spec.files_table] if spec.files_table else [])
-    for table in owned:
-        owner = LINK_TABLES[table][0] if table in LINK_TABLES else f"{spec.kind}_id"
-        conn.executemany(f"DELETE FROM {table} WHERE {owner} = ?", params)
-    conn.executemany("DELETE FROM stash_ids WHERE entity_type = ? AND entity_id = ?", [(spec.kind, i) for i in ids])
     conn.executemany("DELETE FROM pending_reread WHERE entity_type = ? AND entity_id = ?",
                      [(spec.table, i) for i in ids])
-    before = conn.total_changes
-    conn.executemany(f"DELETE FROM {spec.table} WHERE id = ?", params)
-    removed = conn.total_changes - before
+    present = _present(conn, spec, ids, live_only=True) if recorder is not None else None
+    if soft:
+        stamp = recorder.now_text()
+        conn.executemany(f"UPDATE {spec.table} SET deleted_at = ? WHERE id = ?", [(stamp, i) for i in present])
+        removed = len(present)
+    else:
+        removed = _remove_rows(conn, spec, ids)
     conn.executemany("INSERT OR IGNORE INTO dirty VALUES (?, ?)", [(spec.table, i) for i in ids])
+    if recorder is not None:
+        recorder.count(spec.table, "deleted", len(present))
+        recorder.log(conn, [(spec.table, i, "deleted", None, None, None) for i in present])
     return removed
+
+
+def purge_soft_deleted(conn: sqlite3.Connection, spec: EntitySpec, older_than: datetime | None,
+                       recorder: ChangeRecorder | None = None) -> int:
+    """Remove for good the type's soft-deleted entities (deleted before ``older_than``; all when None)."""
+    rows = conn.execute(f"SELECT id, deleted_at FROM {spec.table} WHERE deleted_at IS NOT NULL").fetchall()
+    ids = [eid for eid, stamp in rows if older_than is None or parse_stash_time(stamp) < older_than]
+    if not ids:
+        return 0
+    removed = _remove_rows(conn, spec, ids)
+    conn.executemany("DELETE FROM pending_reread WHERE entity_type = ? AND entity_id = ?",
+                     [(spec.table, i) for i in ids])
+    if recorder is not None:
+        recorder.count(spec.table, "purged", removed)
+        recorder.log(conn, [(spec.table, i, "purged", None, None, None) for i in ids])
+    return removed
+
+
+def soft_deleted_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """How many soft-deleted entities the mirror keeps, per type."""
+    return {t: conn.execute(f"SELECT count(*) FROM {t} WHERE deleted_at IS NOT NULL").fetchone()[0]
+            for t in ENTITY_TYPES}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -724,11 +1009,12 @@ def _refresh_image_inheritance(conn: sqlite3.Connection) -> None:
                CASE WHEN coalesce(i.photographer, '') = '' THEN nullif(g.photographer, '') END,
                CASE WHEN coalesce(i.details, '') = '' THEN nullif(g.details, '') END
         FROM temp.aff_images a
-        JOIN images i ON i.id = a.id
+        JOIN images i ON i.id = a.id AND i.deleted_at IS NULL
         JOIN image_galleries ig ON ig.image_id = i.id
-        JOIN galleries g ON g.id = ig.gallery_id
+        JOIN galleries g ON g.id = ig.gallery_id AND g.deleted_at IS NULL
         WHERE ig.position = (SELECT min(ig2.position) FROM image_galleries ig2
-                             JOIN galleries g2 ON g2.id = ig2.gallery_id WHERE ig2.image_id = i.id)""")
+                             JOIN galleries g2 ON g2.id = ig2.gallery_id AND g2.deleted_at IS NULL
+                             WHERE ig2.image_id = i.id)""")
     conn.execute("""
         INSERT INTO image_inherited_performers (image_id, performer_id, gallery_id)
         SELECT ii.image_id, gp.performer_id, ii.gallery_id
@@ -744,21 +1030,32 @@ def _refresh_image_inheritance(conn: sqlite3.Connection) -> None:
 
 
 def _refresh_scene_inherited_tags(conn: sqlite3.Connection) -> None:
-    """Scenes inherit the tags of their performers, studio and groups (with the source)."""
+    """Scenes inherit the tags of their performers, studio and groups (with the source).
+
+    Soft-deleted scenes inherit nothing and soft-deleted sources pass nothing on, so derived data
+    is the same with and without soft retention.
+    """
     conn.execute("DELETE FROM scene_inherited_tags WHERE scene_id IN (SELECT id FROM temp.aff_scenes)")
+    conn.execute("DROP TABLE IF EXISTS temp.aff_live_scenes")
+    conn.execute("""CREATE TEMP TABLE aff_live_scenes AS SELECT a.id FROM temp.aff_scenes a
+                    JOIN scenes s ON s.id = a.id AND s.deleted_at IS NULL""")
     conn.execute("""
         INSERT OR IGNORE INTO scene_inherited_tags (scene_id, tag_id, source_type, source_id)
         SELECT sp.scene_id, pt.tag_id, 'performer', sp.performer_id
           FROM scene_performers sp JOIN performer_tags pt ON pt.performer_id = sp.performer_id
-         WHERE sp.scene_id IN (SELECT id FROM temp.aff_scenes)
+         WHERE sp.scene_id IN (SELECT id FROM temp.aff_live_scenes)
+           AND sp.performer_id NOT IN (SELECT id FROM performers WHERE deleted_at IS NOT NULL)
         UNION ALL
         SELECT s.id, st.tag_id, 'studio', s.studio_id
           FROM scenes s JOIN studio_tags st ON st.studio_id = s.studio_id
-         WHERE s.id IN (SELECT id FROM temp.aff_scenes)
+         WHERE s.id IN (SELECT id FROM temp.aff_live_scenes)
+           AND s.studio_id NOT IN (SELECT id FROM studios WHERE deleted_at IS NOT NULL)
         UNION ALL
         SELECT sg.scene_id, gt.tag_id, 'group', sg.group_id
           FROM scene_groups sg JOIN group_tags gt ON gt.group_id = sg.group_id
-         WHERE sg.scene_id IN (SELECT id FROM temp.aff_scenes)""")
+         WHERE sg.scene_id IN (SELECT id FROM temp.aff_live_scenes)
+           AND sg.group_id NOT IN (SELECT id FROM groups WHERE deleted_at IS NOT NULL)""")
+    conn.execute("DROP TABLE temp.aff_live_scenes")
 
 
 def _refresh_image_counts(conn: sqlite3.Connection) -> int:
@@ -793,16 +1090,30 @@ class _TypeRun:
     skipped: bool = False
     notes: list[str] = field(default_factory=list)
 
-    def frozen(self) -> TypeStats:
-        """The immutable summary."""
-        return TypeStats(self.fetched, self.upserted, self.deleted, self.skipped, " ".join(self.notes))
+    def frozen(self, counts: dict[str, int] | None = None, soft_deleted: int = 0) -> TypeStats:
+        """The immutable summary, with the recorder's counts of the type."""
+        c = counts or {}
+        return TypeStats(self.fetched, self.upserted, c.get("deleted", 0), self.skipped, " ".join(self.notes),
+                         created=c.get("created", 0), updated=c.get("updated", 0), unchanged=c.get("unchanged", 0),
+                         revived=c.get("revived", 0), purged=c.get("purged", 0), soft_deleted=soft_deleted)
+
+
+def _utc_now() -> datetime:
+    """This machine's clock (aware)."""
+    return datetime.now(timezone.utc)
 
 
 class CacheSync:
-    """One sync run over an open, locked cache connection."""
+    """One sync run over an open, locked cache connection.
+
+    ``entities`` limits the run to those types (all when empty); ``options`` sets soft retention
+    and change-log pruning; ``clock`` (aware datetimes) stamps bookkeeping, never cursors.
+    """
 
     def __init__(self, stash: StashClient, conn: sqlite3.Connection, mode: str, since: int | None = None,
-                 per_page: int = DEFAULT_PER_PAGE, progress: Progress = _no_progress) -> None:
+                 per_page: int = DEFAULT_PER_PAGE, progress: Progress = _no_progress,
+                 entities: Sequence[str] = (), options: CacheOptions | None = None,
+                 clock: Callable[[], datetime] | None = None, run_id: int | None = None) -> None:
         self.stash = stash
         self.conn = conn
         self.mode = mode
@@ -811,6 +1122,27 @@ class CacheSync:
         self.progress = progress
         self.warnings: list[str] = []
         self.stats: dict[str, _TypeRun] = {}
+        scope = parse_entities(entities) if entities else ()
+        self.scoped = bool(scope) and len(scope) < len(SPECS)
+        self.specs: tuple[EntitySpec, ...] = tuple(SPEC_BY_TABLE[t] for t in scope) if self.scoped else SPECS
+        self.options = options or CacheOptions()
+        self.clock = clock or _utc_now
+        self.recorder = ChangeRecorder(run_id=run_id, soft_delete=self.options.soft_delete, now_text=self._now_text)
+
+    def _now_text(self) -> str:
+        """The run's clock as local ISO text (bookkeeping only)."""
+        return self.clock().astimezone().isoformat(timespec="seconds")
+
+    def type_stats(self) -> dict[str, TypeStats]:
+        """Per-type summary of the run so far."""
+        soft = {t: 0 for t in self.stats}
+        if self.stats:
+            try:
+                for t in self.stats:
+                    soft[t] = self.conn.execute(f"SELECT count(*) FROM {t} WHERE deleted_at IS NOT NULL").fetchone()[0]
+            except sqlite3.Error:
+                pass
+        return {t: s.frozen(self.recorder.counts.get(t), soft[t]) for t, s in self.stats.items()}
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -836,8 +1168,9 @@ class CacheSync:
             self._set_state(spec, cursor=candidate)
 
     def _mirror_count(self, spec: EntitySpec) -> int:
-        """How many entities of the type the mirror holds."""
-        return self.conn.execute(f"SELECT count(*) FROM {spec.table}").fetchone()[0]
+        """How many entities of the type the mirror holds (soft-deleted ones not counted)."""
+        return self.conn.execute(f"SELECT (SELECT count(*) FROM {spec.table}) - "
+                                 f"(SELECT count(*) FROM {spec.table} WHERE deleted_at IS NOT NULL)").fetchone()[0]
 
     def _call(self, query: str, variables: dict[str, Any] | None = None) -> dict:
         """One Stash request."""
@@ -846,34 +1179,90 @@ class CacheSync:
     # -- run -------------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Sync every type in dependency order, then refresh derived data."""
+        """Sync the run's types in dependency order, then retention, change-log pruning and derived data."""
         if self.mode == FULL:
             self._start_full_run()
-        for index, spec in enumerate(SPECS):
+        count = len(self.specs)
+        for index, spec in enumerate(self.specs):
             self.stats[spec.table] = _TypeRun()
-            base, share = index / len(SPECS), 0.95 / len(SPECS)
+            base, share = index / count, 0.95 / count
             self._sync_type(spec, lambda f, b=base, s=share: self.progress(min(1.0, b * 0.95 + f * s)))
-            self.progress((index + 1) / len(SPECS) * 0.95)
-        for spec in SPECS:
-            # deletions found in later types (e.g. a merged tag) queue earlier ones (e.g. studios)
+            self.progress((index + 1) / count * 0.95)
+        for spec in self.specs:
+            # deletions found in later types (e.g. a merged tag) queue earlier ones (e.g. studios);
+            # types outside the run's scope keep their queue for a later run
             self._process_rereads(spec)
+        self._apply_retention()
         derived = refresh_derived(self.conn)
         log.debug(f"derived data refreshed: {derived}")
         if self.mode == FULL:
-            with atomic(self.conn):
-                self.conn.execute("DELETE FROM cache_meta WHERE key = 'full_run_pending'")
+            self._finish_full_run()
+        self._prune_change_log()
+        for table, stats in self.type_stats().items():
+            log.info(f"cache {table}: {stats.summary()}")
         self.progress(1.0)
 
+    def _pending_full(self) -> set[str]:
+        """Types of an interrupted full run ('1' is every type, as older versions wrote it)."""
+        value = _meta(self.conn, "full_run_pending")
+        if not value:
+            return set()
+        return set(ENTITY_TYPES) if value == "1" else {t for t in value.split(",") if t in SPEC_BY_TABLE}
+
     def _start_full_run(self) -> None:
-        """Mark every type for a full read, unless an interrupted full run is being resumed."""
+        """Mark the run's types for a full read, except those an interrupted full run is resuming."""
+        scope = {spec.table for spec in self.specs}
         with atomic(self.conn):
-            self.conn.execute("INSERT OR REPLACE INTO cache_meta VALUES ('derived_full', '1')")
-            if _meta(self.conn, "full_run_pending") == "1":
-                log.info("resuming the interrupted full sync")
-                return
-            self.conn.execute("INSERT OR REPLACE INTO cache_meta VALUES ('full_run_pending', '1')")
-            for spec in SPECS:
-                self._set_state(spec, full_next_page=1, full_cursor=None)
+            if not self.scoped:  # a full run rebuilds all derived data; a scoped one refreshes what changed
+                self.conn.execute("INSERT OR REPLACE INTO cache_meta VALUES ('derived_full', '1')")
+            pending = self._pending_full()
+            if pending & scope:
+                log.info(f"resuming the interrupted full sync of {', '.join(t for t in ENTITY_TYPES if t in pending & scope)}")
+            for spec in self.specs:
+                if spec.table not in pending:
+                    self._set_state(spec, full_next_page=1, full_cursor=None)
+            value = ",".join(t for t in ENTITY_TYPES if t in pending | scope)
+            self.conn.execute("INSERT OR REPLACE INTO cache_meta VALUES ('full_run_pending', ?)", (value,))
+
+    def _finish_full_run(self) -> None:
+        """Forget the pending full run, keeping types of an interrupted one this run did not cover."""
+        scope = {spec.table for spec in self.specs}
+        left = [t for t in ENTITY_TYPES if t in self._pending_full() - scope
+                and self._state(SPEC_BY_TABLE[t])["full_next_page"] is not None]
+        with atomic(self.conn):
+            if left:
+                self.conn.execute("INSERT OR REPLACE INTO cache_meta VALUES ('full_run_pending', ?)", (",".join(left),))
+            else:
+                self.conn.execute("DELETE FROM cache_meta WHERE key = 'full_run_pending'")
+
+    def _apply_retention(self) -> None:
+        """Purge soft-deleted entities of the run's types: older than cacheSoftDeleteDays, or all when it is off."""
+        days = self.options.soft_delete_days
+        if self.options.soft_delete and not days:
+            return
+        cutoff = self.clock() - timedelta(days=days) if self.options.soft_delete else None
+        for spec in self.specs:
+            with atomic(self.conn):
+                purged = purge_soft_deleted(self.conn, spec, cutoff, self.recorder)
+            if purged:
+                log.info(f"cache {spec.table}: purged {purged} soft-deleted entities")
+
+    def _prune_change_log(self) -> None:
+        """Drop sync_changes rows of runs that started more than cacheChangeLogDays ago."""
+        days = self.options.change_log_days
+        if not days:
+            return
+        first = self.conn.execute("SELECT min(run_id) FROM sync_changes").fetchone()[0]
+        if first is None:
+            return
+        cutoff = self.clock() - timedelta(days=days)
+        old = [rid for rid, started in self.conn.execute("SELECT id, started FROM sync_runs WHERE id >= ?", (first,))
+               if rid != self.recorder.run_id and parse_stash_time(started) < cutoff]
+        if not old:
+            return
+        with atomic(self.conn):
+            for chunk in _chunks(old, 500):
+                self.conn.execute(f"DELETE FROM sync_changes WHERE run_id IN ({','.join('?' * len(chunk))})", chunk)
 
     def _sync_type(self, spec: EntitySpec, progress: Progress) -> None:
         """Sync one entity type according to the mode."""
@@ -889,8 +1278,6 @@ class CacheSync:
         else:
             self._window_pass(spec, state, progress)
         self._process_rereads(spec)
-        log.info(f"cache {spec.table}: " + ("unchanged" if stats.skipped else
-                 f"{stats.fetched} fetched, {stats.upserted} written, {stats.deleted} deleted"))
 
     # -- full ------------------------------------------------------------------------------
 
@@ -907,12 +1294,12 @@ class CacheSync:
             with atomic(self.conn):
                 self._set_state(spec, full_next_page=page, full_cursor=target)
         counts: set[int] = set()
-        mark_dirty = self.mode != FULL
+        mark_dirty = self.mode != FULL or self.scoped
         for page, result in self._pages(spec, page):
             items = result[spec.list_key]
             counts.add(result["count"])
             with atomic(self.conn):
-                stats.upserted += write_items(self.conn, spec, items, mark_dirty=mark_dirty)
+                stats.upserted += write_items(self.conn, spec, items, mark_dirty=mark_dirty, recorder=self.recorder)
                 self._set_state(spec, full_next_page=page + 1)
             stats.fetched += len(items)
             log.debug(f"cache {spec.table}: page {page} ({len(items)} items)")
@@ -924,7 +1311,7 @@ class CacheSync:
             # pages read before the interruption may have changed since: catch up from the start
             self._window_pass(spec, {"cursor": target}, progress)
         with atomic(self.conn):
-            self._set_state(spec, full_next_page=None, full_cursor=None, last_full_sync=_now_text())
+            self._set_state(spec, full_next_page=None, full_cursor=None, last_full_sync=self._now_text())
             if target is not None and not resumed:
                 self._set_state(spec, cursor=target)
 
@@ -956,7 +1343,8 @@ class CacheSync:
         lower = self.since if self.since is not None else cursor_epoch
         window = {"updated_at": {"value": window_lower_bound(lower), "modifier": "GREATER_THAN"}}
         recheck = [] if cursor_epoch is None else [r[0] for r in self.conn.execute(
-            f"SELECT id FROM {spec.table} WHERE updated_epoch >= ? ORDER BY id", (cursor_epoch,))]
+            f"SELECT id FROM {spec.table} WHERE updated_epoch >= ? AND deleted_at IS NULL ORDER BY id",
+            (cursor_epoch,))]
         probe = self._call(PROBE_QUERIES[spec.table],
                            {"window": window, "recheck": [str(i) for i in recheck], "withRecheck": bool(recheck)})
         stash_total, window_count = probe["total"]["count"], probe["window"]["count"]
@@ -964,7 +1352,7 @@ class CacheSync:
         stats.fetched += len(recheck_items)
         if recheck_items:
             with atomic(self.conn):
-                stats.upserted += write_items(self.conn, spec, recheck_items)
+                stats.upserted += write_items(self.conn, spec, recheck_items, recorder=self.recorder)
         missing_recheck = set(recheck) - {int(i["id"]) for i in recheck_items}
         pending = self.conn.execute("SELECT count(*) FROM pending_reread WHERE entity_type = ?",
                                     (spec.table,)).fetchone()[0]
@@ -991,10 +1379,15 @@ class CacheSync:
         self._finish_window(spec, newest if may_advance else None)
 
     def _finish_window(self, spec: EntitySpec, newest: str | None) -> None:
-        """Record the incremental run time and advance the cursor to the newest listed instant."""
+        """Advance the cursor to the newest listed instant and record the pass time.
+
+        A smart pass that found the type unchanged writes nothing at all (its check is recorded
+        in the run's sync_runs row only), so an idle smart sync leaves every table untouched.
+        """
         with atomic(self.conn):
             self._advance_cursor(spec, newest)
-            self._set_state(spec, last_incremental_sync=_now_text())
+            if not self.stats[spec.table].skipped:
+                self._set_state(spec, last_incremental_sync=self._now_text())
 
     def _changed(self, spec: EntitySpec, listing: list[dict]) -> list[tuple[int, str]]:
         """(id, updated_at) of listed entities to fetch, oldest first: new, changed, or forced by ``since``."""
@@ -1004,8 +1397,8 @@ class CacheSync:
         known: dict[int, str] = {}
         for chunk in _chunks([p[0] for p in pairs], 900):
             marks = ",".join("?" * len(chunk))
-            known.update(self.conn.execute(f"SELECT id, updated_at FROM {spec.table} WHERE id IN ({marks})",
-                                           chunk).fetchall())
+            known.update(self.conn.execute(f"SELECT id, updated_at FROM {spec.table} WHERE id IN ({marks}) "
+                                           "AND deleted_at IS NULL", chunk).fetchall())
         out = []
         for eid, updated in pairs:
             forced = self.since is not None and epoch_of(updated) >= self.since
@@ -1025,7 +1418,7 @@ class CacheSync:
             items = data[spec.find][spec.list_key]
             stamps = [u for _, u in chunk if u is not None]
             with atomic(self.conn):
-                stats.upserted += write_items(self.conn, spec, items)
+                stats.upserted += write_items(self.conn, spec, items, recorder=self.recorder)
                 self.conn.executemany("DELETE FROM pending_reread WHERE entity_type = ? AND entity_id = ?",
                                       [(spec.table, i) for i in ids])
                 if advance_cursor and stamps:
@@ -1055,7 +1448,7 @@ class CacheSync:
                              {"window": None, "filter": {"per_page": -1, "sort": "id", "direction": "ASC"}}
                              )[spec.find][spec.list_key]
         stash_ids = {int(i["id"]) for i in listing}
-        mirror_ids = {r[0] for r in self.conn.execute(f"SELECT id FROM {spec.table}")}
+        mirror_ids = {r[0] for r in self.conn.execute(f"SELECT id FROM {spec.table} WHERE deleted_at IS NULL")}
         gone = sorted(mirror_ids - stash_ids)
         missing = sorted(stash_ids - mirror_ids)
         stats.skipped = False
@@ -1069,9 +1462,10 @@ class CacheSync:
             gone = []
         for chunk in _chunks(gone, 1000):
             with atomic(self.conn):
-                stats.deleted += delete_entities(self.conn, spec, chunk)
+                stats.deleted += delete_entities(self.conn, spec, chunk, recorder=self.recorder)
         if gone:
-            log.info(f"cache {spec.table}: removed {len(gone)} entities Stash no longer has")
+            how = "marked deleted" if self.options.soft_delete else "removed"
+            log.info(f"cache {spec.table}: {how} {len(gone)} entities Stash no longer has")
         if missing:
             updated = {int(i["id"]): i["updated_at"] for i in listing}
             self._fetch_ids(spec, [(i, updated[i]) for i in missing], _no_progress, advance_cursor=False)
@@ -1081,49 +1475,66 @@ class CacheSync:
 # run bookkeeping and public API
 
 
-def _start_run(conn: sqlite3.Connection, mode: str, started: str) -> int:
+def _start_run(conn: sqlite3.Connection, mode: str, started: str, entities: Sequence[str] = ()) -> int:
     """Record a new run (and mark runs left 'running' by killed processes)."""
     with atomic(conn):
         conn.execute("UPDATE sync_runs SET status = 'interrupted' WHERE status = 'running'")
-        cur = conn.execute("INSERT INTO sync_runs (mode, started, status) VALUES (?, ?, 'running')", (mode, started))
+        cur = conn.execute("INSERT INTO sync_runs (mode, started, status, entities) VALUES (?, ?, 'running', ?)",
+                           (mode, started, ",".join(entities) or None))
         return int(cur.lastrowid)
 
 
 def _finish_run(conn: sqlite3.Connection, run_id: int, result: CacheSyncResult, error: str | None) -> None:
-    """Store the run's outcome."""
+    """Store the run's outcome with its per-type counts."""
     per_type = {t: asdict(s) for t, s in result.per_type.items()}
     skipped = sum(1 for s in result.per_type.values() if s.skipped)
     with atomic(conn):
         conn.execute(
             "UPDATE sync_runs SET finished = ?, status = ?, fetched = ?, upserted = ?, deleted = ?, skipped = ?, "
-            "stash_requests = ?, per_type = ?, error = ? WHERE id = ?",
+            "stash_requests = ?, per_type = ?, error = ?, created = ?, updated = ?, unchanged = ?, rows_written = ? "
+            "WHERE id = ?",
             (result.finished, result.status, result.fetched, result.upserted, result.deleted, skipped,
-             result.stash_requests, json.dumps(per_type), error, run_id))
+             result.stash_requests, json.dumps(per_type), error, result.created, result.updated, result.unchanged,
+             result.rows_written, run_id))
 
 
 def run_sync(stash: StashClient, db_path: Path, mode: str, since: str | None = None,
-             progress: Progress = _no_progress, per_page: int = DEFAULT_PER_PAGE) -> CacheSyncResult:
-    """Lock the cache, run one sync of ``mode`` and record it in sync_runs."""
+             progress: Progress = _no_progress, per_page: int = DEFAULT_PER_PAGE, *,
+             entities: str | Sequence[str] | None = None, options: CacheOptions | None = None,
+             clock: Callable[[], datetime] | None = None) -> CacheSyncResult:
+    """Lock the cache, run one sync of ``mode`` and record it in sync_runs.
+
+    ``entities`` limits the run to those types (see ``parse_entities``; None or empty: all),
+    ``options`` carries the retention settings, ``clock`` replaces this machine's clock for
+    bookkeeping (tests).
+    """
     since_epoch = parse_since(since) if mode == INCREMENTAL else None
+    scope = parse_entities(entities)
     db_path = Path(db_path)
-    started_at, started = time.monotonic(), _now_text()
+    clock = clock or _utc_now
+    started_at = time.monotonic()
+    started = clock().astimezone().isoformat(timespec="seconds")
     requests_before = stash.requests_sent
     with CacheLock(db_path):
         conn = open_cache(db_path)
         try:
-            run_id = _start_run(conn, mode, started)
-            sync = CacheSync(stash, conn, mode, since_epoch, per_page, progress)
+            run_id = _start_run(conn, mode, started, scope)
+            changes_before = conn.total_changes  # this run's own sync_runs record is not counted
+            sync = CacheSync(stash, conn, mode, since_epoch, per_page, progress, entities=scope, options=options,
+                             clock=clock, run_id=run_id)
             error: BaseException | None = None
             try:
                 sync.run()
             except BaseException as exc:  # recorded, then re-raised unchanged
                 error = exc
+            rows_written = conn.total_changes - changes_before
             result = CacheSyncResult(
                 mode=mode, status="failed" if error else "ok", db_path=str(db_path), started=started,
-                finished=_now_text(), seconds=round(time.monotonic() - started_at, 3),
+                finished=clock().astimezone().isoformat(timespec="seconds"),
+                seconds=round(time.monotonic() - started_at, 3),
                 stash_requests=stash.requests_sent - requests_before,
-                per_type={t: s.frozen() for t, s in sync.stats.items()}, warnings=tuple(sync.warnings),
-                run_id=run_id)
+                per_type=sync.type_stats(), warnings=tuple(sync.warnings),
+                run_id=run_id, entities=tuple(s.table for s in sync.specs), rows_written=rows_written)
             try:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -1142,21 +1553,82 @@ def run_sync(stash: StashClient, db_path: Path, mode: str, since: str | None = N
 
 
 def cache_full_sync(stash: StashClient, db_path: Path, progress: Progress = _no_progress,
-                    per_page: int = DEFAULT_PER_PAGE) -> CacheSyncResult:
-    """Read every entity of Stash into the cache ("Cache: Full Sync")."""
-    return run_sync(stash, db_path, FULL, progress=progress, per_page=per_page)
+                    per_page: int = DEFAULT_PER_PAGE, *, entities: str | Sequence[str] | None = None,
+                    options: CacheOptions | None = None,
+                    clock: Callable[[], datetime] | None = None) -> CacheSyncResult:
+    """Read every entity of Stash (of ``entities`` only, when given) into the cache ("Cache: Full Sync")."""
+    return run_sync(stash, db_path, FULL, progress=progress, per_page=per_page, entities=entities, options=options,
+                    clock=clock)
 
 
 def cache_incremental_sync(stash: StashClient, db_path: Path, since: str | None = None,
-                           progress: Progress = _no_progress, per_page: int = DEFAULT_PER_PAGE) -> CacheSyncResult:
+                           progress: Progress = _no_progress, per_page: int = DEFAULT_PER_PAGE, *,
+                           entities: str | Sequence[str] | None = None, options: CacheOptions | None = None,
+                           clock: Callable[[], datetime] | None = None) -> CacheSyncResult:
     """Read what changed since each type's cursor, or since ``since`` ("Cache: Incremental Sync")."""
-    return run_sync(stash, db_path, INCREMENTAL, since=since, progress=progress, per_page=per_page)
+    return run_sync(stash, db_path, INCREMENTAL, since=since, progress=progress, per_page=per_page,
+                    entities=entities, options=options, clock=clock)
 
 
 def cache_smart_sync(stash: StashClient, db_path: Path, progress: Progress = _no_progress,
-                     per_page: int = DEFAULT_PER_PAGE) -> CacheSyncResult:
+                     per_page: int = DEFAULT_PER_PAGE, *, entities: str | Sequence[str] | None = None,
+                     options: CacheOptions | None = None,
+                     clock: Callable[[], datetime] | None = None) -> CacheSyncResult:
     """Like incremental, but skip types Stash reports unchanged ("Cache: Smart Sync")."""
-    return run_sync(stash, db_path, SMART, progress=progress, per_page=per_page)
+    return run_sync(stash, db_path, SMART, progress=progress, per_page=per_page, entities=entities, options=options,
+                    clock=clock)
+
+
+# ---------------------------------------------------------------------------------------------
+# schedules and status
+
+
+def next_full_sync_at(conn: sqlite3.Connection, full_every: timedelta,
+                      entities: str | Sequence[str] | None = None) -> datetime | None:
+    """When the next scheduled full sync is due: the oldest last full sync of the types plus ``full_every``.
+
+    None when some type was never fully synced (a full sync is due now).
+    """
+    types = parse_entities(entities) or ENTITY_TYPES
+    stamps = dict(conn.execute("SELECT entity_type, last_full_sync FROM sync_state"))
+    if any(not stamps.get(t) for t in types):
+        return None
+    return min(parse_stash_time(stamps[t]) for t in types) + full_every
+
+
+def full_sync_due(conn: sqlite3.Connection, full_every: timedelta, now: datetime | None = None,
+                  entities: str | Sequence[str] | None = None) -> bool:
+    """True when the last full sync of any of the types is older than ``full_every`` (or never happened)."""
+    due = next_full_sync_at(conn, full_every, entities)
+    return due is None or (now or _utc_now()) >= due
+
+
+_COUNT_KEYS = ("created", "updated", "unchanged", "deleted", "revived", "purged", "fetched", "skipped")
+
+
+def last_run_type_counts(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+    """Per type: the counts of the last finished run that covered it, and the soft-deleted entities kept.
+
+    ``{"scenes": {"run_id", "mode", "status", "finished", "created", "updated", "unchanged", "deleted",
+    "revived", "purged", "fetched", "skipped", "soft_deleted"}, ...}``; counts are None for runs of
+    versions without change accounting, and every value but soft_deleted is None for a type no run
+    has covered yet.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    rows = conn.execute("SELECT id, mode, status, finished, per_type FROM sync_runs "
+                        "WHERE finished IS NOT NULL ORDER BY id DESC")
+    for run_id, mode, status, finished, per_type in rows:
+        for table, stats in json.loads(per_type or "{}").items():
+            if table in SPEC_BY_TABLE and table not in out:
+                counts = {k: stats.get(k) for k in _COUNT_KEYS}
+                if "created" not in stats:
+                    counts["deleted"] = None
+                out[table] = {"run_id": run_id, "mode": mode, "status": status, "finished": finished, **counts}
+        if len(out) == len(ENTITY_TYPES):
+            break
+    soft = soft_deleted_counts(conn)
+    blank = dict.fromkeys(("run_id", "mode", "status", "finished", *_COUNT_KEYS))
+    return {t: {**out.get(t, blank), "soft_deleted": soft[t]} for t in ENTITY_TYPES}
 
 
 @contextmanager

@@ -202,24 +202,52 @@ def test_fresh_and_upgraded_files_have_the_same_schema(tmp_path, stash, world):
     assert derived_tables(old) == derived_tables(fresh)
 
 
+def old_file_with_data(src: Path, dst: Path, version: int) -> None:
+    """A cache at schema ``version`` holding the data of ``src``, as an older plugin left it.
+
+    Older versions hashed Stash's raw answer, so every content_hash is replaced by a foreign value.
+    """
+    conn = sqlite3.connect(dst, isolation_level=None)
+    cache_schema.enable_writes(conn)
+    cache_schema.migrate(conn, target=version)
+    conn.execute("ATTACH DATABASE ? AS src", (str(src),))
+    tables = [r[0] for r in conn.execute("SELECT name FROM main.sqlite_master WHERE type = 'table'")]
+    with cache_schema.atomic(conn):
+        for table in tables:
+            cols = ", ".join(r[1] for r in conn.execute(f"PRAGMA main.table_info({table})"))
+            conn.execute(f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM src.{table}")
+        for table in cache_schema.ENTITY_TABLES:
+            conn.execute(f"UPDATE main.{table} SET content_hash = 'raw-answer-hash'")
+        conn.execute("DELETE FROM main.cache_meta")
+    conn.close()
+
+
 def test_version_1_file_with_data_gets_its_derived_data_on_the_next_sync(tmp_path, stash, world, fake):
+    reference = fresh_full(stash, tmp_path, "ref")
     path = tmp_path / "v1.sqlite3"
-    conn = sqlite3.connect(path, isolation_level=None)
-    cache_schema.enable_writes(conn)
-    cache_schema.migrate(conn, target=1)
-    conn.close()
-    # a version-1 plugin synced this file; emulate by syncing and then dropping the v2 objects
-    cache_full_sync(stash, path)
-    conn = sqlite3.connect(path, isolation_level=None)
-    cache_schema.enable_writes(conn)
-    for table in cache_schema.V2_TABLES:
-        conn.execute(f"DROP TABLE {table}")
-    conn.execute("DROP VIEW image_effective_links")
-    conn.execute("DELETE FROM cache_meta")
-    conn.execute("PRAGMA user_version = 1")
-    conn.close()
+    old_file_with_data(reference, path, version=1)
     cache_smart_sync(stash, path)
-    assert derived_tables(path) == derived_tables(fresh_full(stash, tmp_path, "ref"))
+    assert derived_tables(path) == derived_tables(reference)
+    assert_mirror_equals(path, world)
+
+
+def test_version_2_file_upgrades_to_the_fresh_schema_and_keeps_its_data(tmp_path, stash, world):
+    reference = fresh_full(stash, tmp_path, "ref")
+    path = tmp_path / "v2.sqlite3"
+    old_file_with_data(reference, path, version=2)
+    result = cache_full_sync(stash, path)  # upgrades, then compares every entity with the mirror
+    with sqlite3.connect(path) as a, sqlite3.connect(reference) as b:
+        assert cache_schema.schema_version(a) == cache_schema.SCHEMA_VERSION == 3
+        assert cache_schema.schema_signature(a) == cache_schema.schema_signature(b)
+        assert a.execute("SELECT count(*) FROM sync_changes").fetchone()[0] == 0
+        assert a.execute("SELECT count(*) FROM scenes WHERE content_hash = 'raw-answer-hash'").fetchone()[0] == 0
+    # old hashes differ, but the content is the same: nothing counts as created or updated
+    assert result.created == result.updated == result.deleted == 0
+    assert result.unchanged == result.fetched > 0
+    assert_mirror_equals(path, world)
+    assert derived_tables(path) == derived_tables(reference)
+    again = cache_full_sync(stash, path)
+    assert again.unchanged == again.fetched and again.created == again.updated == 0
 
 
 def test_a_newer_file_is_refused(tmp_path, stash):
