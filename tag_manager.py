@@ -84,6 +84,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="preview only: change nothing")
     parser.add_argument("--since", default=None, help="cache_incremental_sync: RFC3339 time to sync from")
     parser.add_argument("--id", default=None, help="cache_sync_scene: the scene id")
+    parser.add_argument("--interval", default=None, help="cache_watch: seconds between smart syncs (default 300)")
+    parser.add_argument("--heartbeat", default=None, help="cache_watch: seconds between heartbeats (default 30)")
     return parser
 
 
@@ -95,7 +97,7 @@ def parse_command_line(argv: list[str]) -> Invocation:
     args: dict[str, Any] = {"mode": options.mode}
     if options.dry_run:
         args["dry_run"] = "true"
-    for name in ("since", "id"):
+    for name in ("since", "id", "interval", "heartbeat"):
         if getattr(options, name) is not None:
             args[name] = getattr(options, name)
     api_key = options.api_key or os.environ.get("STASH_API_KEY") or None
@@ -164,12 +166,30 @@ def run_cache_mode(kind: str) -> Callable[[RunContext], Any]:
     return run
 
 
+def run_live_mode(name: str) -> Callable[[RunContext], Any]:
+    """Build the runner of a mode implemented in ``cache_live`` (imported only when it runs)."""
+
+    def run(ctx: RunContext):
+        import cache_live
+
+        return getattr(cache_live, name)(ctx)
+
+    run.__doc__ = f"Mode implemented by ``cache_live.{name}``."
+    return run
+
+
 MODES: dict[str, Callable[[RunContext], Any]] = {
     "sync_scene_tags": run_sync_scene_tags,
     "cache_full_sync": run_cache_mode("full"),
     "cache_incremental_sync": run_cache_mode("incremental"),
     "cache_smart_sync": run_cache_mode("smart"),
+    "cache_hook": run_live_mode("run_cache_hook"),
+    "cache_sync_scene": run_live_mode("run_cache_sync_scene"),
+    "cache_status": run_live_mode("run_cache_status"),
+    "cache_watch": run_live_mode("run_cache_watch"),
 }
+HOOK_MODES = {"cache_hook"}  # never fail: a hook runs inside the user's own edit in Stash
+LEAN_MODES = {"cache_hook", "cache_sync_scene", "cache_status", "cache_watch"}  # no stashapi start-up
 
 
 def check_runtime_dependencies() -> None:
@@ -189,12 +209,26 @@ def execute(invocation: Invocation, progress: Callable[[float], None]) -> Any:
     """Connect to Stash, read the settings and run the requested mode."""
     if invocation.mode not in MODES:
         raise SettingsError(f"Unknown mode {invocation.mode!r}. Known modes: {', '.join(sorted(MODES))}.")
+    if invocation.mode in HOOK_MODES:
+        import cache_live
+
+        return cache_live.run_hook_safely(lambda: connect_and_run(invocation, progress), invocation.args)
+    return connect_and_run(invocation, progress)
+
+
+def connect_and_run(invocation: Invocation, progress: Callable[[float], None]) -> Any:
+    """Connect (lean for the cache's live modes), read the settings, run the mode."""
     check_runtime_dependencies()
     import stash_client
 
     plugin_log.redactor.add(invocation.api_key)
     plugin_log.redactor.add((invocation.server_connection.get("SessionCookie") or {}).get("Value"))
-    stash = stash_client.connect(invocation.server_connection, api_key=invocation.api_key)
+    stash = stash_client.connect(invocation.server_connection, api_key=invocation.api_key,
+                                 lean=invocation.mode in LEAN_MODES)
+    if invocation.mode in HOOK_MODES:
+        import cache_live
+
+        cache_live.prepare_hook_client(stash)
     settings = Settings.from_plugin_config(stash.plugin_settings())
     ctx = RunContext(stash, settings, invocation.args, invocation.plugin_dir, progress)
     return MODES[invocation.mode](ctx)
@@ -225,7 +259,7 @@ def main(argv: list[str] | None = None, stdin_text: str | None = None) -> int:
         log.error(message + "\n" + plugin_log.redactor.redact(traceback.format_exc()))
         print(json.dumps({"error": message}))
         return 1
-    log.info(plugin_log.redactor.redact(str(result)))
+    log.log(getattr(result, "log_level", logging.INFO), plugin_log.redactor.redact(str(result)))
     print(json.dumps({"output": to_output(result)}, default=str))
     return 0
 
