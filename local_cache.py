@@ -393,6 +393,14 @@ def parse_stash_time(text: str) -> datetime:
     return value
 
 
+def _instant(text: str | None) -> datetime | None:
+    """A bookkeeping timestamp as an aware datetime, or None when it is missing or not one."""
+    try:
+        return parse_stash_time(text) if text else None
+    except (ValueError, TypeError):
+        return None
+
+
 def epoch_of(text: str) -> int:
     """UTC seconds of a Stash timestamp (sub-seconds dropped, as Stash stores whole seconds)."""
     return int(parse_stash_time(text).timestamp() // 1)
@@ -925,7 +933,7 @@ def purge_soft_deleted(conn: sqlite3.Connection, spec: EntitySpec, older_than: d
                        recorder: ChangeRecorder | None = None) -> int:
     """Remove for good the type's soft-deleted entities (deleted before ``older_than``; all when None)."""
     rows = conn.execute(f"SELECT id, deleted_at FROM {spec.table} WHERE deleted_at IS NOT NULL").fetchall()
-    ids = [eid for eid, stamp in rows if older_than is None or parse_stash_time(stamp) < older_than]
+    ids = [eid for eid, stamp in rows if older_than is None or (_instant(stamp) or older_than) < older_than]
     if not ids:
         return 0
     removed = _remove_rows(conn, spec, ids)
@@ -1257,7 +1265,7 @@ class CacheSync:
             return
         cutoff = self.clock() - timedelta(days=days)
         old = [rid for rid, started in self.conn.execute("SELECT id, started FROM sync_runs WHERE id >= ?", (first,))
-               if rid != self.recorder.run_id and parse_stash_time(started) < cutoff]
+               if rid != self.recorder.run_id and (_instant(started) or cutoff) < cutoff]
         if not old:
             return
         with atomic(self.conn):
@@ -1591,9 +1599,10 @@ def next_full_sync_at(conn: sqlite3.Connection, full_every: timedelta,
     """
     types = parse_entities(entities) or ENTITY_TYPES
     stamps = dict(conn.execute("SELECT entity_type, last_full_sync FROM sync_state"))
-    if any(not stamps.get(t) for t in types):
+    instants = [_instant(stamps.get(t)) for t in types]
+    if any(i is None for i in instants):
         return None
-    return min(parse_stash_time(stamps[t]) for t in types) + full_every
+    return min(instants) + full_every
 
 
 def full_sync_due(conn: sqlite3.Connection, full_every: timedelta, now: datetime | None = None,
