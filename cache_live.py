@@ -263,7 +263,7 @@ def not_ready_reason(db_path: Path) -> str | None:
         if any(not done.get(spec.table) for spec in local_cache.SPECS):
             return "the cache has never completed a full sync"
         pending = conn.execute("SELECT value FROM cache_meta WHERE key = 'full_run_pending'").fetchone()
-        if pending and pending[0] == "1":
+        if pending and pending[0]:
             return "an interrupted full sync has to finish first"
     except sqlite3.Error as exc:
         return f"cannot read the cache ({exc})"
@@ -299,9 +299,10 @@ def sync_marker(conn: sqlite3.Connection, db_path: Path) -> tuple[int, str] | No
     return marker
 
 
-def _meta_flag(conn: sqlite3.Connection, key: str) -> bool:
+def _meta_set(conn: sqlite3.Connection, key: str) -> bool:
+    """Whether cache_meta holds a non-empty value for ``key``."""
     row = conn.execute("SELECT value FROM cache_meta WHERE key = ?", (key,)).fetchone()
-    return bool(row and row[0] == "1")
+    return bool(row and row[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,12 +316,13 @@ class SyncStarted(Exception):
 class LiveWriter:
     """Re-reads entities by id and writes them to the mirror when no sync is running (see module doc)."""
 
-    def __init__(self, stash: Any, db_path: Path, busy_timeout_ms: int = HOOK_BUSY_TIMEOUT_MS,
-                 reread_limit: int = HOOK_REREAD_LIMIT) -> None:
+    def __init__(self, stash: Any, db_path: Path, busy_timeout_ms: int | None = None,
+                 reread_limit: int | None = None, soft_delete: bool = False) -> None:
         self.stash = stash
+        self.soft_delete = soft_delete
         self.db_path = Path(db_path)
-        self.busy_timeout_ms = int(busy_timeout_ms)
-        self.reread_limit = int(reread_limit)
+        self.busy_timeout_ms = int(HOOK_BUSY_TIMEOUT_MS if busy_timeout_ms is None else busy_timeout_ms)
+        self.reread_limit = int(HOOK_REREAD_LIMIT if reread_limit is None else reread_limit)
 
     def _fetch(self, table: str, ids: Sequence[int]) -> list[dict]:
         """Full content of the entities with these ids (those Stash still has)."""
@@ -345,6 +347,8 @@ class LiveWriter:
 
         stats = ApplyStats()
         spec = local_cache.SPEC_BY_TABLE[table]
+        # counts only: hook writes are not sync runs, so they add nothing to the change log
+        recorder = local_cache.ChangeRecorder(run_id=None, soft_delete=self.soft_delete)
         requests_before = getattr(self.stash, "requests_sent", 0)
         conn = local_cache.open_cache(self.db_path)
         try:
@@ -358,15 +362,16 @@ class LiveWriter:
             stats.found = tuple(i for i in ids if i in present)
             with atomic(conn):
                 self._check(conn, marker)
-                stats.upserted += local_cache.write_items(conn, spec, items)
+                stats.upserted += local_cache.write_items(conn, spec, items, recorder=recorder)
                 gone = [i for i in wanted if i not in present and conn.execute(
-                    f"SELECT 1 FROM {table} WHERE id = ?", (i,)).fetchone()]
+                    f"SELECT 1 FROM {table} WHERE id = ? AND deleted_at IS NULL", (i,)).fetchone()]
                 if gone:
-                    stats.deleted += local_cache.delete_entities(conn, spec, gone)
+                    stats.deleted += local_cache.delete_entities(conn, spec, gone, recorder=recorder)
                 if table == "tags" and merge_sources and stats.found:
                     _relink_merged_tags(conn, [s for s in merge_sources if s not in present], stats.found[0])
             self._reread_pending(conn, marker, stats)
-            derived_ok = not (_meta_flag(conn, "derived_full") or _meta_flag(conn, "full_run_pending"))
+            # a pending full rebuild of derived data is the next sync's job (it may be slow)
+            derived_ok = not (_meta_set(conn, "derived_full") or _meta_set(conn, "full_run_pending"))
             if derived_ok and conn.execute("SELECT 1 FROM dirty LIMIT 1").fetchone():
                 with atomic(conn):
                     self._check(conn, marker)
@@ -477,7 +482,8 @@ def run_cache_hook(ctx: Any) -> HookResult:
         if reason:
             result.status, result.reason = "not_ready", reason
         else:
-            stats = LiveWriter(ctx.stash, db_path).apply(event.table, event.ids, event.sources)
+            writer = LiveWriter(ctx.stash, db_path, soft_delete=ctx.settings.cache_soft_delete)
+            stats = writer.apply(event.table, event.ids, event.sources)
             result.status, result.reason = stats.status, stats.reason
             result.upserted, result.deleted, result.reread = stats.upserted, stats.deleted, stats.reread
             result.derived_refreshed = stats.derived_refreshed
@@ -528,7 +534,9 @@ def run_cache_sync_scene(ctx: Any) -> SceneSyncResult:
     if not db_path.exists():
         raise CacheError(f"There is no cache at {db_path} yet: run 'Cache: Full Sync' first.")
     started = time.monotonic()
-    stats = LiveWriter(ctx.stash, db_path, busy_timeout_ms=TASK_BUSY_TIMEOUT_MS).apply("scenes", [scene_id])
+    writer = LiveWriter(ctx.stash, db_path, busy_timeout_ms=TASK_BUSY_TIMEOUT_MS,
+                        soft_delete=ctx.settings.cache_soft_delete)
+    stats = writer.apply("scenes", [scene_id])
     if stats.status != "applied":
         raise CacheLockedError(f"Scene {scene_id} was not written: {stats.reason}.")
     if stats.found:
@@ -666,7 +674,8 @@ class CacheWatcher:
     def __init__(self, stash: Any, db_path: Path, interval: float = WATCH_DEFAULT_INTERVAL_S,
                  heartbeat: float = WATCH_DEFAULT_HEARTBEAT_S, stop: threading.Event | None = None,
                  clock: Callable[[], float] = time.monotonic, wait: Callable[[float], bool] | None = None,
-                 sync: Callable[..., Any] | None = None, max_runs: int | None = None) -> None:
+                 sync: Callable[..., Any] | None = None, max_runs: int | None = None,
+                 sync_options: Mapping[str, Any] | None = None) -> None:
         self.stash = stash
         self.db_path = Path(db_path)
         self.interval = float(interval)
@@ -675,6 +684,7 @@ class CacheWatcher:
         self.wait = wait or self.stop.wait
         self.sync = sync
         self.max_runs = max_runs
+        self.sync_options = dict(sync_options or {})  # e.g. options=CacheOptions(...) for the sync
         self.heartbeat = Heartbeat(self.db_path, float(heartbeat), self.interval, self.stop)
         self.summary = WatchSummary(str(self.db_path), _now_text(), interval_s=self.interval, heartbeat_s=float(heartbeat))
 
@@ -752,12 +762,11 @@ class CacheWatcher:
             conn.close()
 
     def _run_after(self, before: int) -> int:
-        """The id of the smart sync run this process started after run ``before`` (0 if none)."""
+        """The id of the run this process started after run ``before`` (0 if none; the lock keeps others out)."""
         try:
             conn = _read_only(self.db_path)
             try:
-                row = conn.execute("SELECT min(id) FROM sync_runs WHERE id > ? AND mode = 'cache_smart_sync'",
-                                   (before,)).fetchone()
+                row = conn.execute("SELECT min(id) FROM sync_runs WHERE id > ?", (before,)).fetchone()
             finally:
                 conn.close()
         except sqlite3.Error:
@@ -770,7 +779,7 @@ class CacheWatcher:
         self.heartbeat.update(state="syncing")
         self.summary.runs += 1
         try:
-            result = self.sync(self.stash, self.db_path, progress=self._progress)
+            result = self.sync(self.stash, self.db_path, progress=self._progress, **self.sync_options)
         except StopRequested:
             run_id = self._run_after(before)
             self._mark_run(run_id, interrupted=True)
@@ -836,7 +845,10 @@ def run_cache_watch(ctx: Any) -> WatchSummary:
     if hasattr(stash, "backoff"):
         stash.backoff = WATCH_CLIENT_BACKOFF
         stash.sleep = stop.wait  # retries end at once when a stop is requested
-    watcher = CacheWatcher(stash, cache_path(ctx), interval, heartbeat, stop)
+    import local_cache
+
+    watcher = CacheWatcher(stash, cache_path(ctx), interval, heartbeat, stop,
+                           sync_options={"options": local_cache.CacheOptions.from_settings(ctx.settings)})
     with stop_on_signals(stop):
         try:
             return watcher.run()
@@ -902,7 +914,8 @@ def status_queries() -> tuple[str, ...]:
 class TypeStatus:
     """One entity type in ``cache_status``."""
 
-    mirrored: int = 0
+    mirrored: int = 0         # present entities (soft-deleted ones not counted)
+    soft_deleted: int = 0
     stash: int = 0
     pending: int = 0          # changed or new in Stash since the cursor, not yet in the mirror
     pending_exact: bool = True
@@ -1004,8 +1017,12 @@ def run_cache_status(ctx: Any) -> CacheStatus:
             import cache_schema
 
             status.schema_version = cache_schema.schema_version(conn)
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(scenes)")}
             for spec in local_cache.SPECS:
-                mirror[spec.table] = conn.execute(f"SELECT count(*) FROM {spec.table}").fetchone()[0]
+                total = conn.execute(f"SELECT count(*) FROM {spec.table}").fetchone()[0]
+                kept = conn.execute(f"SELECT count(*) FROM {spec.table} WHERE deleted_at IS NOT NULL").fetchone()[0] \
+                    if "deleted_at" in columns else 0
+                mirror[spec.table] = (total - kept, kept)
             for row in conn.execute("SELECT entity_type, cursor, last_full_sync, last_incremental_sync FROM sync_state"):
                 states[row[0]] = row[1:]
             origin = _table_exists(conn, "sync_run_origin")
@@ -1031,7 +1048,8 @@ def run_cache_status(ctx: Any) -> CacheStatus:
                                  {f"{s.table}Window": windows[f"{s.table}Window"] for s in listable}) if listable else {}
         for spec in local_cache.SPECS:
             cursor, last_full, last_incremental = states.get(spec.table, (None, None, None))
-            t = TypeStatus(mirrored=mirror.get(spec.table, 0), stash=counts[f"{spec.table}Total"]["count"],
+            present, kept = mirror.get(spec.table, (0, 0))
+            t = TypeStatus(mirrored=present, soft_deleted=kept, stash=counts[f"{spec.table}Total"]["count"],
                            cursor=cursor, last_full_sync=last_full, last_incremental_sync=last_incremental)
             if not cursor:
                 t.pending = t.stash
