@@ -40,8 +40,9 @@ log = logging.getLogger(__name__)
 PREVIEW_LIMIT = 200
 SCENE_ID_PAGE_SIZE = 1000
 TAG_PAGE_SIZE = 1000
-MUTATION_CHUNK = 500
-FLUSH_INTERVAL_S = 120.0
+# Groups are written when full or at the end of the run, so every tag set costs one mutation
+# (per 1000 scenes); a cancelled run loses only undecided writes, which the next run redoes.
+MUTATION_CHUNK = 1000
 MAX_CONSECUTIVE_STASHDB_FAILURES = 5
 UNMATCHED_NAMES_KEPT = 100
 FAILED = object()  # a StashDB request that failed for good and was skipped
@@ -189,33 +190,24 @@ class SceneOutcome:
 class TagWriter:
     """Groups scenes by the tag set they gain and writes each group with ADD-mode bulk updates."""
 
-    def __init__(self, stash: StashClient, counters: Counter, clock: Callable[[], float],
-                 chunk: int = MUTATION_CHUNK, flush_interval_s: float = FLUSH_INTERVAL_S) -> None:
+    def __init__(self, stash: StashClient, counters: Counter, chunk: int = MUTATION_CHUNK) -> None:
         self.stash = stash
         self.counters = counters
-        self.clock = clock
         self.chunk = chunk
-        self.flush_interval_s = flush_interval_s
         self.pending: dict[frozenset[int], list[int]] = {}
-        self.oldest_pending: float | None = None
 
     def add(self, scene_id: int, tag_ids: frozenset[int]) -> None:
-        """Queue ``tag_ids`` for a scene; write a group once it fills a mutation or waits too long."""
+        """Queue ``tag_ids`` for a scene; write its group as soon as it fills one mutation."""
         group = self.pending.setdefault(tag_ids, [])
         group.append(scene_id)
-        if self.oldest_pending is None:
-            self.oldest_pending = self.clock()
         if len(group) >= self.chunk:
             self.write(tag_ids, self.pending.pop(tag_ids))
-        elif self.clock() - self.oldest_pending >= self.flush_interval_s:
-            self.flush()
 
     def flush(self) -> None:
         """Write every pending group."""
         while self.pending:
             tag_ids, scene_ids = self.pending.popitem()
             self.write(tag_ids, scene_ids)
-        self.oldest_pending = None
 
     def write(self, tag_ids: frozenset[int], scene_ids: list[int]) -> None:
         """Add ``tag_ids`` to ``scene_ids`` in one mutation; a rejected group is retried scene by scene."""
@@ -260,7 +252,7 @@ class SceneTagSync:
         self.wall_clock = wall_clock
         self.counters: Counter = Counter()  # TagSyncResult field name -> count
         self.unmatched_names: Counter = Counter()
-        self.writer = TagWriter(stash, self.counters, clock)
+        self.writer = TagWriter(stash, self.counters)
         self.preview_rows: list[list[str]] = []
         self.matcher = TagMatcher(self.endpoint)
         self.total_units = 0

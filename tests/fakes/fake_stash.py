@@ -655,11 +655,15 @@ class World:
             table = self._tables[etype]
             rows = [table[i] for i in sorted(idset) if i in table]
             rows = self._sort_small(etype, rows, sort, direction)
-        else:
-            rows = self._sorted_rows(etype, sort, direction)
-        if preds:
             for p in preds:
                 rows = [r for r in rows if p(r)]
+        elif preds:
+            # Paging re-runs one filter page after page: keep its result until the table changes.
+            key = ("find", etype, json.dumps([entity_filter, q], sort_keys=True, default=str), sort, direction)
+            unfiltered = self._sorted_rows(etype, sort, direction)
+            rows = self._derived(key, (etype,), lambda: [r for r in unfiltered if all(p(r) for p in preds)])
+        else:
+            rows = self._sorted_rows(etype, sort, direction)
         count = len(rows)
         per_page = ff.get("per_page")
         if per_page is not None and per_page < 0:
