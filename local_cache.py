@@ -24,6 +24,20 @@ Why no update is missed (the cursor is always a text Stash returned, never this 
 * Deletions leave no trace: when Stash's count differs from the mirror's, the id sets are
   compared and vanished entities removed; whatever linked to them is queued for re-reading,
   which also repairs links rewritten by tag merges (which do not touch ``updated_at``).
+
+Steering and accounting:
+
+* ``entities`` limits a run to some types (``parse_entities``): only they are requested, their
+  cursors advanced and their derived data refreshed; other types, and their re-read queues, wait.
+* A fetched entity is compared with the mirror by the digest of its mirrored content (row and
+  link sets, order-free); identical ones are not rewritten. Every run counts, per type, created /
+  updated / unchanged / deleted (+ revived / purged), stores them in ``sync_runs`` and logs what
+  changed in ``sync_changes`` (one row per changed field; links as removed and added ids),
+  pruned after ``CacheOptions.change_log_days``. ``rows_written`` is SQLite's ``total_changes()``
+  over the run's work (its own ``sync_runs`` record excluded): 0 for an idle smart sync.
+* With ``CacheOptions.soft_delete`` vanished entities keep their rows and links with
+  ``deleted_at`` set (``live_<type>`` views hide them; derived data ignores them), come back when
+  Stash has them again, and are purged after ``soft_delete_days``.
 """
 
 from __future__ import annotations
@@ -644,9 +658,10 @@ def _files(spec: EntitySpec, item: dict) -> list[tuple]:
 _FILE_COLUMNS = {"scene_files": 8, "image_files": 4, "gallery_files": 3}
 
 
-def _element(row: tuple) -> Any:
-    """A link/file row without its owner column: the bare target id, or a tuple."""
-    return row[1] if len(row) == 2 else tuple(row[1:])
+def _element(table: str, row: tuple) -> Any:
+    """A link/file/stash-id row without its owner: the bare target id, or a tuple."""
+    rest = row[2:] if table == "stash_ids" else row[1:]
+    return rest[0] if len(rest) == 1 else tuple(rest)
 
 
 def _sorted(values: Iterable[Any]) -> list:
@@ -662,8 +677,8 @@ def _sorted(values: Iterable[Any]) -> list:
 class Content:
     """What the mirror holds for one entity: its row and the sets it owns, with their digest.
 
-    ``sets`` maps each owned link table, its files table and ``stash_ids`` to the elements the
-    entity has there (link rows without the owner column). The digest is stored as ``content_hash``;
+    ``sets`` maps each owned link table, its files table and ``stash_ids`` to the rows the entity
+    has there (deduplicated as the tables' keys do). The digest is stored as ``content_hash``;
     two items with the same mirrored fields and links have the same digest, whatever order Stash
     listed the links in.
     """
@@ -679,12 +694,14 @@ class Content:
 
 
 def _sets(spec: EntitySpec, item: dict) -> dict[str, list]:
-    """Elements of every set an item owns (deduplicated as the tables' keys do)."""
-    out = {table: [_element(r) for r in rows] for table, rows in _links(spec, item).items()}
+    """Rows of every link, file and stash-id table an item owns."""
+    out = _links(spec, item)
     if spec.files_table:
-        out[spec.files_table] = [_element(r) for r in _files(spec, item)]
+        out[spec.files_table] = _files(spec, item)
     if spec.has_stash_ids:
-        out["stash_ids"] = list(dict.fromkeys((s["endpoint"], s["stash_id"]) for s in item.get("stash_ids") or []))
+        eid = int(item["id"])
+        out["stash_ids"] = list(dict.fromkeys((spec.kind, eid, s["endpoint"], s["stash_id"])
+                                              for s in item.get("stash_ids") or []))
     return out
 
 
@@ -692,7 +709,8 @@ def mirrored_content(spec: EntitySpec, item: dict) -> Content:
     """The mirrored content of one Stash item and its digest."""
     row = _row(spec, item)
     sets = _sets(spec, item)
-    canonical = repr((row, [(table, _sorted(values)) for table, values in sets.items()]))
+    # rows of one table differ in their leading key columns, so sorting never compares a None
+    canonical = repr((row, [sorted(values) for values in sets.values()]))
     return Content(row, sets, hashlib.blake2b(canonical.encode(), digest_size=12).hexdigest())
 
 
@@ -718,19 +736,19 @@ def load_contents(conn: sqlite3.Connection, spec: EntitySpec, ids: Sequence[int]
         for table, owner in _owned_tables(spec):
             for row in conn.execute(f"SELECT * FROM {table} WHERE {owner} IN ({marks})", chunk):
                 if row[0] in out:
-                    out[row[0]][1][table].append(_element(row))
+                    out[row[0]][1][table].append(tuple(row))
         if spec.has_stash_ids:
-            for eid, endpoint, stash_id in conn.execute(
-                    f"SELECT entity_id, endpoint, stash_id FROM stash_ids WHERE entity_type = ? "
-                    f"AND entity_id IN ({marks})", (spec.kind, *chunk)):
-                if eid in out:
-                    out[eid][1]["stash_ids"].append((endpoint, stash_id))
+            for row in conn.execute(f"SELECT * FROM stash_ids WHERE entity_type = ? AND entity_id IN ({marks})",
+                                    (spec.kind, *chunk)):
+                if row[1] in out:
+                    out[row[1]][1]["stash_ids"].append(tuple(row))
     return out
 
 
-def _json_elements(values: Iterable[Any]) -> str:
-    """Link elements as a JSON list (tuples become lists)."""
-    return json.dumps([list(v) if isinstance(v, tuple) else v for v in _sorted(values)],
+def _json_elements(table: str, rows: Iterable[tuple]) -> str:
+    """Link rows as a JSON list of their elements (bare ids, or lists for wider rows)."""
+    elements = [_element(table, r) for r in rows]
+    return json.dumps([list(v) if isinstance(v, tuple) else v for v in _sorted(elements)],
                       ensure_ascii=False, separators=(",", ":"))
 
 
@@ -743,7 +761,7 @@ def content_diff(spec: EntitySpec, old: tuple[tuple, dict], new: Content) -> lis
         before, after = set(old_sets.get(table, ())), set(values)
         removed, added = before - after, after - before
         if removed or added:
-            out.append((table, _json_elements(removed), _json_elements(added)))
+            out.append((table, _json_elements(table, removed), _json_elements(table, added)))
     return out
 
 
@@ -864,13 +882,13 @@ def _rewrite(conn: sqlite3.Connection, spec: EntitySpec, contents: list[Content]
             conn.executemany("DELETE FROM stash_ids WHERE entity_type = ? AND entity_id = ?",
                              [(spec.kind, i) for i in old_ids])
     for table, _owner in _owned_tables(spec):
-        rows = [(c.id, *(e if isinstance(e, tuple) else (e,))) for c in contents for e in c.sets[table]]
+        rows = [r for c in contents for r in c.sets[table]]
         if rows:
             marks = ",".join("?" * len(rows[0]))
             verb = "INSERT" if table == spec.files_table else "INSERT OR IGNORE"
             conn.executemany(f"{verb} INTO {table} VALUES ({marks})", rows)
     if spec.has_stash_ids:
-        rows = [(spec.kind, c.id, endpoint, stash_id) for c in contents for endpoint, stash_id in c.sets["stash_ids"]]
+        rows = [r for c in contents for r in c.sets["stash_ids"]]
         if rows:
             conn.executemany("INSERT OR IGNORE INTO stash_ids VALUES (?, ?, ?, ?)", rows)
 
@@ -1619,9 +1637,9 @@ def last_run_type_counts(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
     """Per type: the counts of the last finished run that covered it, and the soft-deleted entities kept.
 
     ``{"scenes": {"run_id", "mode", "status", "finished", "created", "updated", "unchanged", "deleted",
-    "revived", "purged", "fetched", "skipped", "soft_deleted"}, ...}``; counts are None for runs of
-    versions without change accounting, and every value but soft_deleted is None for a type no run
-    has covered yet.
+    "revived", "purged", "fetched", "skipped", "soft_deleted"}, ...}``; created/updated/unchanged are
+    None for runs of versions without change accounting, and every value but soft_deleted is None
+    for a type no run has covered yet.
     """
     out: dict[str, dict[str, Any]] = {}
     rows = conn.execute("SELECT id, mode, status, finished, per_type FROM sync_runs "
@@ -1630,8 +1648,6 @@ def last_run_type_counts(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
         for table, stats in json.loads(per_type or "{}").items():
             if table in SPEC_BY_TABLE and table not in out:
                 counts = {k: stats.get(k) for k in _COUNT_KEYS}
-                if "created" not in stats:
-                    counts["deleted"] = None
                 out[table] = {"run_id": run_id, "mode": mode, "status": status, "finished": finished, **counts}
         if len(out) == len(ENTITY_TYPES):
             break
