@@ -131,7 +131,8 @@ class StashClient:
         if errors:
             if any(marker in str(e) for e in errors for marker in TRANSIENT_ERROR_MARKERS):
                 return "database is locked"
-            raise StashQueryError(errors, operation)
+            data = payload.get("data")
+            raise StashQueryError(errors, operation, data if isinstance(data, dict) else None)
         if response.status_code >= 400:
             raise StashError(f"Stash answered HTTP {response.status_code} to {operation}.")
         if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict):

@@ -33,7 +33,7 @@ from stashdb_api import (
     StashDBTag,
     fingerprints_from_stash_files,
 )
-from tm_errors import AuthError, StashAuthError, StashDBError, StashError, StashUnavailable
+from tm_errors import AuthError, StashAuthError, StashDBError, StashError, StashQueryError, StashUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ TAG_PAGE_SIZE = 1000
 # Groups are written when full or at the end of the run, so every tag set costs one mutation
 # (per 1000 scenes); a cancelled run loses only undecided writes, which the next run redoes.
 MUTATION_CHUNK = 1000
+BATCH_FIELDS = 50
 MAX_CONSECUTIVE_STASHDB_FAILURES = 5
 UNMATCHED_NAMES_KEPT = 100
 FAILED = object()  # a StashDB request that failed for good and was skipped
@@ -187,13 +188,31 @@ class SceneOutcome:
     deleted: int
 
 
-class TagWriter:
-    """Groups scenes by the tag set they gain and writes each group with ADD-mode bulk updates."""
+def add_tags_input(tag_ids: frozenset[int], scene_ids: Sequence[int]) -> dict:
+    """The ``BulkSceneUpdateInput`` that adds ``tag_ids`` to ``scene_ids`` (never removes)."""
+    return {"ids": [str(i) for i in scene_ids], "tag_ids": {"ids": [str(t) for t in sorted(tag_ids)], "mode": "ADD"}}
 
-    def __init__(self, stash: StashClient, counters: Counter, chunk: int = MUTATION_CHUNK) -> None:
+
+def add_tags_batch_document(size: int) -> str:
+    """One mutation document with ``size`` aliased ``bulkSceneUpdate`` fields (one per tag set)."""
+    params = ", ".join(f"$u{i}: BulkSceneUpdateInput!" for i in range(size))
+    fields = " ".join(f"u{i}: bulkSceneUpdate(input: $u{i}) {{ id }}" for i in range(size))
+    return f"mutation TagSyncAddTagsBatch({params}) {{ {fields} }}"
+
+
+class TagWriter:
+    """Groups scenes by the tag set they gain and writes each group with an ADD-mode bulk update.
+
+    At the end of a run the groups go out ``BATCH_FIELDS`` to a request, as aliased fields of one
+    mutation document: Stash runs each field as its own update, and the request costs one round trip.
+    """
+
+    def __init__(self, stash: StashClient, counters: Counter, chunk: int = MUTATION_CHUNK,
+                 batch_fields: int = BATCH_FIELDS) -> None:
         self.stash = stash
         self.counters = counters
         self.chunk = chunk
+        self.batch_fields = batch_fields
         self.pending: dict[frozenset[int], list[int]] = {}
 
     def add(self, scene_id: int, tag_ids: frozenset[int]) -> None:
@@ -204,17 +223,36 @@ class TagWriter:
             self.write(tag_ids, self.pending.pop(tag_ids))
 
     def flush(self) -> None:
-        """Write every pending group."""
+        """Write every pending group, several groups per request."""
         while self.pending:
-            tag_ids, scene_ids = self.pending.popitem()
-            self.write(tag_ids, scene_ids)
+            batch = [self.pending.popitem() for _ in range(min(self.batch_fields, len(self.pending)))]
+            self.write_batch(batch)
+
+    def write_batch(self, batch: list[tuple[frozenset[int], list[int]]]) -> None:
+        """Send groups as aliased fields of one mutation; a field Stash rejects is retried on its own."""
+        if len(batch) == 1:
+            self.write(*batch[0])
+            return
+        variables = {f"u{i}": add_tags_input(tag_ids, scene_ids) for i, (tag_ids, scene_ids) in enumerate(batch)}
+        try:
+            data = self.stash.call(add_tags_batch_document(len(batch)), variables)
+            failed: set[int] = set()
+        except (StashAuthError, StashUnavailable):
+            raise
+        except StashQueryError as exc:
+            data = exc.data or {}
+            failed = {i for i in range(len(batch)) if data.get(f"u{i}") is None}
+        self.counters["stash_mutations"] += len(batch) - len(failed)
+        for index, (tag_ids, scene_ids) in enumerate(batch):
+            if index in failed:
+                self.write(tag_ids, scene_ids)
+            else:
+                self.count_written(tag_ids, scene_ids)
 
     def write(self, tag_ids: frozenset[int], scene_ids: list[int]) -> None:
         """Add ``tag_ids`` to ``scene_ids`` in one mutation; a rejected group is retried scene by scene."""
-        variables = {"input": {"ids": [str(i) for i in scene_ids],
-                               "tag_ids": {"ids": [str(t) for t in sorted(tag_ids)], "mode": "ADD"}}}
         try:
-            self.stash.call(ADD_TAGS_MUTATION, variables)
+            self.stash.call(ADD_TAGS_MUTATION, {"input": add_tags_input(tag_ids, scene_ids)})
         except (StashAuthError, StashUnavailable):
             raise
         except StashError as exc:
@@ -229,6 +267,10 @@ class TagWriter:
             return
         finally:
             self.counters["stash_mutations"] += 1
+        self.count_written(tag_ids, scene_ids)
+
+    def count_written(self, tag_ids: frozenset[int], scene_ids: list[int]) -> None:
+        """Tally one group that Stash accepted."""
         self.counters["scenes_updated"] += len(scene_ids)
         self.counters["tags_added"] += len(tag_ids) * len(scene_ids)
         log.debug(f"Added {len(tag_ids)} tags to {len(scene_ids)} scenes")

@@ -45,11 +45,12 @@ class StashUnavailable(StashError):
 
 
 class StashQueryError(StashError):
-    """Stash answered a GraphQL error."""
+    """Stash answered a GraphQL error (``data`` holds whatever part of the answer succeeded)."""
 
-    def __init__(self, errors: list, operation: str = "") -> None:
+    def __init__(self, errors: list, operation: str = "", data: dict | None = None) -> None:
         self.errors = errors
         self.operation = operation
+        self.data = data
         messages = "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in errors)
         super().__init__(f"Stash rejected {operation or 'a request'}: {messages}")
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests.kill_harness import kill_then_rerun, start_plugin
 from tests.conftest import ROOT, SESSION_COOKIE, STASHDB_API_KEY, PluginRun, free_port, run_plugin
-from tests.test_scene_tag_sync import expected_additions, scene_tags
+from tests.test_scene_tag_sync import expected_additions, mutations_sent, scene_tags
 
 
 def stash_input(servers, tmp_path, **args) -> dict:
@@ -53,7 +53,7 @@ def test_preview_through_stdin_changes_nothing(servers, tmp_path):
     assert run.returncode == 0, run.stderr
     assert_protocol(run)
     output = run.document["output"]
-    assert output["dry_run"] is True and servers.stash.count("TagSyncAddTags") == 0
+    assert output["dry_run"] is True and mutations_sent(servers) == 0
     assert scene_tags(servers) == before
     report = (tmp_path / "reports").glob("scene_tag_preview_*.csv")
     assert [str(p) for p in report] == [output["report_path"]]
@@ -94,7 +94,7 @@ def test_bad_settings_stop_before_any_write(servers, tmp_path, settings, message
     servers.library.world.plugin_settings["tagManager"] = settings
     run = run_plugin(stash_input(servers, tmp_path))
     assert run.returncode == 1 and message in run.document["error"]
-    assert servers.stash.count("TagSyncAddTags") == 0 and servers.stashdb.requests == 0
+    assert mutations_sent(servers) == 0 and servers.stashdb.requests == 0
 
 
 def test_no_stash_box_configured(servers, tmp_path):

@@ -52,7 +52,7 @@ def test_stashdb_401_stops_the_run(servers, tmp_path):
 def test_stash_mutation_error_is_isolated_to_one_scene(servers, tmp_path):
     expected, before = expected_additions(servers), scene_tags(servers)
     error = json.dumps({"errors": [{"message": "scene with id 999 not found"}], "data": None})
-    servers.stash.fail_next(1, status=200, body=error, operation="TagSyncAddTags")
+    servers.stash.fail_next(1, status=200, body=error, operation="TagSyncAddTagsBatch")
     result = sync(servers, tmp_path)
     got = changes(servers, before)
     assert result.errors <= 1
@@ -68,3 +68,25 @@ def test_deleted_scene_and_tag_on_stashdb_are_left_alone(servers, tmp_path):
     assert result.deleted_on_stashdb == len(deleted_scenes)
     deleted_tags = {t["id"] for t in servers.library.stashdb_tags.values() if t["deleted"]}
     assert deleted_tags and result.tags_deleted_on_stashdb > 0
+
+
+def test_scene_deleted_by_the_user_mid_run_costs_only_that_scene(servers, tmp_path):
+    """Its group's bulk update fails in Stash; the other groups and scenes still get their tags."""
+    from tests.test_scene_tag_sync import context
+    from tag_manager import run_sync_scene_tags
+
+    expected, before = expected_additions(servers), scene_tags(servers)
+    doomed = sorted(expected)[len(expected) // 2]
+    ctx = context(servers, tmp_path)
+    real_call = ctx.stash.call
+
+    def delete_before_writing(query, variables=None):
+        if "TagSyncAddTags" in query and servers.library.world.get("scene", doomed) is not None:
+            servers.library.world.delete_entity("scene", doomed)
+        return real_call(query, variables)
+
+    ctx.stash.call = delete_before_writing
+    result = run_sync_scene_tags(ctx)
+    expected.pop(doomed)
+    assert changes(servers, {k: v for k, v in before.items() if k != doomed}) == expected
+    assert result.errors == 1 and result.scenes_updated == len(expected)

@@ -51,7 +51,7 @@ def after_stashdb_requests(n: int):
 @pytest.mark.parametrize("ready_factory", [
     after_stash_requests("TagSyncScenes", 1),
     after_stashdb_requests(5),
-    after_stash_requests("TagSyncAddTags", 3),
+    after_stash_requests("TagSyncAddTagsBatch", 2),
 ], ids=["reading-scenes", "mid-fingerprint-pass", "while-writing"])
 def test_killed_sync_converges(tmp_path, ready_factory):
     assert kill_and_converge(tmp_path, ready_factory)
@@ -68,7 +68,7 @@ def test_stress_kill_sync_at_random_moments(tmp_path, attempt):
     moment = rng.choice([
         after_stash_requests("TagSyncScenes", rng.randint(1, 10)),
         after_stashdb_requests(rng.randint(1, 20)),
-        after_stash_requests("TagSyncAddTags", rng.randint(1, 200)),
+        after_stash_requests("TagSyncAddTagsBatch", rng.randint(1, 4)),
     ])
     kill_and_converge(tmp_path, moment, seed=100 + attempt)
 

@@ -50,3 +50,15 @@ def test_documents_are_named_operations():
     for name, document in {**all_stash_documents(), **documents(STASHBOX_MODULES)}.items():
         definitions = parse(document).definitions
         assert len(definitions) == 1 and definitions[0].name is not None, name
+
+
+def test_generated_batch_mutation_is_valid():
+    from stashdb_scene_sync import add_tags_batch_document, add_tags_input
+
+    document = parse(add_tags_batch_document(3))
+    assert not validate(real_stash_schema(), document)
+    from graphql.execution.values import get_variable_values
+
+    variables = {f"u{i}": add_tags_input(frozenset({1, 2}), [5, 6]) for i in range(3)}
+    coerced = get_variable_values(real_stash_schema(), document.definitions[0].variable_definitions, variables)
+    assert not isinstance(coerced, list), coerced

@@ -23,6 +23,12 @@ def scene_tags(servers: Servers) -> dict[int, set[int]]:
     return {sid: set(row["tag_ids"]) for sid, row in servers.library.world.table("scene").items()}
 
 
+def mutations_sent(servers: Servers) -> int:
+    """bulkSceneUpdate fields Stash received: single ones plus the aliased fields of batches."""
+    batches = servers.stash.requests("TagSyncAddTagsBatch")
+    return servers.stash.count("TagSyncAddTags") + sum(len(variables) for _, variables in batches)
+
+
 def local_name(servers: Servers, tag_id: int) -> str:
     return servers.library.world.get("tag", tag_id)["name"]
 
@@ -86,7 +92,7 @@ def test_sync_adds_exactly_what_the_tagger_would_and_removes_nothing(servers, tm
     assert result.scenes_updated == len(expected)
     assert result.tags_added == sum(len(v) for v in expected.values())
     assert result.errors == 0 and not result.dry_run and result.report_path is None
-    assert result.stash_mutations == servers.stash.count("TagSyncAddTags")
+    assert result.stash_mutations == mutations_sent(servers)
     assert result.stash_mutations <= len({frozenset(v) for v in expected.values()})
     assert servers.stashdb.throttled == 0
 
@@ -109,7 +115,7 @@ def test_second_run_converges_with_no_writes(servers, tmp_path):
     servers.stash.clear_log()
     again = sync(servers, tmp_path)
     assert again.tags_added == 0 and again.scenes_updated == 0 and again.stash_mutations == 0
-    assert servers.stash.count("TagSyncAddTags") == 0
+    assert mutations_sent(servers) == 0
 
 
 def test_wrong_fingerprint_hit_never_tags_from_the_decoy(servers, tmp_path):
@@ -132,7 +138,7 @@ def test_dry_run_writes_nothing_caps_at_200_and_reports(tmp_path):
         before = scene_tags(servers)
         expected = expected_additions(servers)
         result = sync(servers, tmp_path, dry_run=True)
-        assert servers.stash.count("TagSyncAddTags") == 0
+        assert mutations_sent(servers) == 0
         assert scene_tags(servers) == before
         assert result.dry_run and result.scenes_seen == 200 and result.stash_mutations == 0
         rows = list(csv.DictReader(Path(result.report_path).open(encoding="utf-8")))
@@ -151,7 +157,7 @@ def test_dry_run_writes_nothing_caps_at_200_and_reports(tmp_path):
 
 def test_sync_dry_run_setting_also_previews(servers, tmp_path):
     result = sync(servers, tmp_path, sync_dry_run=True)
-    assert result.dry_run and servers.stash.count("TagSyncAddTags") == 0
+    assert result.dry_run and mutations_sent(servers) == 0
 
 
 def test_blacklist_and_stash_exclude_patterns(servers, tmp_path):
@@ -222,7 +228,7 @@ def test_stashdb_auth_failure_stops_with_a_clear_error(servers, tmp_path):
     servers.stashdb.api_key = "a-different-key"
     with pytest.raises(AuthError, match="Settings › Metadata Providers"):
         sync(servers, tmp_path)
-    assert servers.stash.count("TagSyncAddTags") == 0
+    assert mutations_sent(servers) == 0
 
 
 def test_stashdb_down_for_good_stops_after_a_few_failures(servers, tmp_path):
