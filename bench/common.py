@@ -34,6 +34,7 @@ SESSION_COOKIE = "demo-session-cookie-5e0c41"
 STASHDB_API_KEY = "demo-stashdb-api-key-9b27f3"
 PLUGIN_SCRIPT = ROOT / "tag_manager.py"
 MUTATION_OPERATION = "TagSyncAddTags"
+BATCH_MUTATION_OPERATION = "TagSyncAddTagsBatch"  # aliased bulkSceneUpdate fields, one per tag set
 PASS2_KINDS = ("fallback", "wrong_hit", "missing")  # scenes that need a by-id look-up
 LINKED_KINDS = ("normal", "fallback", "wrong_hit", "deleted", "missing")
 MATCHED_KINDS = ("normal", "fallback", "wrong_hit")
@@ -121,7 +122,10 @@ class Fakes:
             differing_from_expected=len(wrong), differing_examples=sorted(wrong)[:5],
             stashdb_requests=self.stashdb.requests, stashdb_throttled=self.stashdb.throttled,
             stashdb_unauthorized=self.stashdb.unauthorized, stashdb_operations=ops,
-            stash_mutations=self.stash.count(MUTATION_OPERATION), stash_requests=self.stash.count(),
+            stash_mutations=self.stash.count(MUTATION_OPERATION) + sum(
+                len(variables) for _, variables in self.stash.requests(BATCH_MUTATION_OPERATION)),
+            stash_mutation_requests=self.stash.count(MUTATION_OPERATION) + self.stash.count(BATCH_MUTATION_OPERATION),
+            stash_requests=self.stash.count(),
             stash_operations={str(k): v for k, v in self.stash.op_counts.items()},
         )
         return report
