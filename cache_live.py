@@ -60,6 +60,10 @@ HOOK_ENTITY_TABLES = {"Scene": "scenes", "Image": "images", "Gallery": "gallerie
 HOOK_ACTIONS = ("Create", "Update", "Destroy", "Merge")
 HOOK_BUSY_TIMEOUT_MS = 2000          # longest a hook waits for SQLite's write lock
 HOOK_REREAD_LIMIT = 500              # entities a hook re-reads after a deletion or merge; more are left to the sync
+# Image counts are recomputed over the whole library whenever an image or gallery changed; above
+# this many images that is too slow for a hook, so the hook leaves it (and the rest of that
+# refresh) to the next sync, whose derived-data refresh picks the queued entities up.
+HOOK_IMAGE_DERIVED_LIMIT = 5000
 HOOK_CLIENT_BACKOFF = (0.25,)        # one quick retry: the user's edit is waiting
 HOOK_CLIENT_TIMEOUT = (2.0, 15.0)    # connect, read (seconds)
 TASK_BUSY_TIMEOUT_MS = 30000
@@ -323,6 +327,7 @@ class LiveWriter:
         self.db_path = Path(db_path)
         self.busy_timeout_ms = int(HOOK_BUSY_TIMEOUT_MS if busy_timeout_ms is None else busy_timeout_ms)
         self.reread_limit = int(HOOK_REREAD_LIMIT if reread_limit is None else reread_limit)
+        self.image_derived_limit = HOOK_IMAGE_DERIVED_LIMIT
 
     def _fetch(self, table: str, ids: Sequence[int]) -> list[dict]:
         """Full content of the entities with these ids (those Stash still has)."""
@@ -370,13 +375,15 @@ class LiveWriter:
                 if table == "tags" and merge_sources and stats.found:
                     _relink_merged_tags(conn, [s for s in merge_sources if s not in present], stats.found[0])
             self._reread_pending(conn, marker, stats)
-            # a pending full rebuild of derived data is the next sync's job (it may be slow)
-            derived_ok = not (_meta_set(conn, "derived_full") or _meta_set(conn, "full_run_pending"))
-            if derived_ok and conn.execute("SELECT 1 FROM dirty LIMIT 1").fetchone():
-                with atomic(conn):
-                    self._check(conn, marker)
-                    local_cache.refresh_derived(conn)
-                stats.derived_refreshed = True
+            if conn.execute("SELECT 1 FROM dirty LIMIT 1").fetchone():
+                reason = self._derived_left_to_sync(conn)
+                if reason:
+                    stats.reason = reason
+                else:
+                    with atomic(conn):
+                        self._check(conn, marker)
+                        local_cache.refresh_derived(conn)
+                    stats.derived_refreshed = True
         except SyncStarted:
             stats.status, stats.reason = "sync_running", "a cache sync started meanwhile; it or the next one picks this up"
         except sqlite3.OperationalError as exc:
@@ -391,6 +398,17 @@ class LiveWriter:
             conn.close()
             stats.requests = getattr(self.stash, "requests_sent", 0) - requests_before
         return stats
+
+    def _derived_left_to_sync(self, conn: sqlite3.Connection) -> str:
+        """Why the derived-data refresh is better left to the next sync ('' when the hook may do it)."""
+        if _meta_set(conn, "derived_full") or _meta_set(conn, "full_run_pending"):
+            return "derived data is rebuilt by the next sync"
+        images_dirty = conn.execute("SELECT 1 FROM dirty WHERE entity_type IN ('images', 'galleries') LIMIT 1").fetchone()
+        if images_dirty:
+            size = conn.execute("SELECT max(id) FROM images").fetchone()[0] or 0
+            if size > self.image_derived_limit:
+                return "image derived data (inheritance, counts) is refreshed by the next sync"
+        return ""
 
     def _reread_pending(self, conn: sqlite3.Connection, marker: tuple[int, str], stats: ApplyStats) -> None:
         """Re-read what a deletion or merge queued (whatever linked to the removed entities), when few."""
@@ -951,10 +969,12 @@ class CacheStatus:
                  + f"; liveCache {'on' if self.live_cache else 'off'}."]
         header = f"{'type':<11}{'mirrored':>9}{'stash':>9}{'pending':>9}  {'cursor':<26}{'last full':<26}{'last incremental':<26}"
         lines += [header, "-" * len(header)]
+        # "~" after a pending figure: the window was too large to compare with the mirror, it is Stash's count
         for table, t in self.types.items():
             pending = f"{t.pending}" + ("" if t.pending_exact else "~")
             lines.append(f"{table:<11}{t.mirrored:>9}{t.stash:>9}{pending:>9}  {t.cursor or '-':<26}"
-                         f"{t.last_full_sync or '-':<26}{t.last_incremental_sync or '-':<26}")
+                         f"{t.last_full_sync or '-':<26}{t.last_incremental_sync or '-':<26}"
+                         + (f"  (+{t.soft_deleted} soft-deleted kept)" if t.soft_deleted else ""))
         lines.append(f"Last {len(self.runs)} runs:" if self.runs else "No sync runs yet.")
         for r in self.runs:
             lines.append(f"  #{r['id']:<5} {r['mode']:<23} {r['status']:<11} {r['started']:<26} "

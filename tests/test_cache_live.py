@@ -604,3 +604,15 @@ def test_watch_arguments(stash, db):
     args = parse_command_line(["cache_watch", "--stash-url", "http://nas:9999", "--interval", "60",
                                "--heartbeat", "10"]).args
     assert args["interval"] == "60" and args["heartbeat"] == "10"
+
+
+def test_large_libraries_leave_image_derived_data_to_the_sync(synced, world, clock, stash, tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_live, "HOOK_IMAGE_DERIVED_LIMIT", 0)
+    clock.tick(60)
+    world.update_entity("gallery", 1, tag_ids=[7], performer_ids=[3])
+    result = hook_in_process(stash, synced, hook_context(1, "Gallery.Update.Post", {"id": "1"}, ["id"]))
+    assert result.status == "applied" and not result.derived_refreshed
+    assert "next sync" in result.reason
+    assert_mirror_equals(synced, world)
+    cache_smart_sync(stash, synced)
+    assert derived_tables(synced) == derived_tables(fresh_full(stash, tmp_path, "reference"))
