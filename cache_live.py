@@ -808,7 +808,7 @@ class CacheWatcher:
             return
         except CacheLockedError:
             log.info(f"Another cache sync is running; the watch tries again in {self.interval:g} s.")
-            self._after_failure(before, "skipped")
+            self._after_failure(None, "skipped")  # the run in progress is not this process's
             return
         except StashError as exc:
             log.warning(f"Stash is not reachable or refused the sync ({plugin_log.redactor.redact(str(exc))}); "
@@ -833,8 +833,8 @@ class CacheWatcher:
         else:
             log.debug("No scenes pending sync")
 
-    def _after_failure(self, before: int, status: str) -> None:
-        run_id = self._run_after(before)
+    def _after_failure(self, before: int | None, status: str) -> None:
+        run_id = self._run_after(before) if before is not None else 0
         if run_id:
             self._mark_run(run_id, interrupted=False)
         self.summary.failed_runs += status == "failed"

@@ -616,3 +616,12 @@ def test_large_libraries_leave_image_derived_data_to_the_sync(synced, world, clo
     assert_mirror_equals(synced, world)
     cache_smart_sync(stash, synced)
     assert derived_tables(synced) == derived_tables(fresh_full(stash, tmp_path, "reference"))
+
+
+def test_watch_skips_a_tick_while_another_sync_holds_the_cache(db, stash):
+    cache_full_sync(stash, db)
+    with CacheLock(db):
+        watcher = cache_live.CacheWatcher(stash, db, interval=60, heartbeat=60, max_runs=1)
+        summary = watcher.run()
+    assert summary.runs == 1 and summary.failed_runs == 0 and summary.runs_with_changes == 0
+    assert watch_runs(db) == []
