@@ -21,6 +21,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_tag_sync.py
 	$(PY) bench/bench_cache.py
+	$(PY) bench/bench_hook.py
 
 stress: $(STAMP)
 	$(PY) -m pytest -q -m stress tests
