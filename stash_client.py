@@ -6,13 +6,14 @@ gets the same retry policy (Stash restarting mid-run is survived; a 401 is repor
 
 from __future__ import annotations
 
+import http.client
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import requests
+from urllib.parse import urlsplit
 
 from tm_errors import SettingsError, StashAuthError, StashError, StashQueryError, StashUnavailable
 
@@ -66,7 +67,7 @@ class StashClient:
 
     def __init__(
         self,
-        session: requests.Session,
+        session: Any,
         url: str,
         sleep: Callable[[float], None] = time.sleep,
         timeout: tuple[float, float] = (5.0, 300.0),
@@ -107,7 +108,7 @@ class StashClient:
         self.requests_sent += 1
         try:
             response = self.session.post(self.url, json=body, timeout=self.timeout)
-        except (requests.ConnectionError, requests.Timeout) as exc:
+        except OSError as exc:  # requests' ConnectionError and Timeout are OSErrors too
             return f"{type(exc).__name__}"
         if response.status_code in (401, 403):
             raise StashAuthError(
@@ -119,7 +120,7 @@ class StashClient:
             return f"HTTP {response.status_code}"
         return self._parse(response, operation)
 
-    def _parse(self, response: requests.Response, operation: str) -> dict | str:
+    def _parse(self, response: Any, operation: str) -> dict | str:
         """Turn a response into data, a retry reason, or a StashError."""
         try:
             payload = response.json()
@@ -184,17 +185,64 @@ def connect(server_connection: Mapping[str, Any], api_key: str | None = None, le
     base_url = stash_base_url(server_connection)
     cookie = (server_connection.get("SessionCookie") or {}).get("Value")
     if lean:
-        session = requests.Session()
+        session = LeanSession()
         if cookie:
-            session.cookies.set((server_connection.get("SessionCookie") or {}).get("Name") or "session", cookie)
+            session.cookies[(server_connection.get("SessionCookie") or {}).get("Name") or "session"] = cookie
         if api_key:
             session.headers["ApiKey"] = api_key
         return StashClient(session, base_url)
     return _connect_with_stashapi(server_connection, base_url, api_key)
 
 
+@dataclass(frozen=True)
+class LeanResponse:
+    """The part of a ``requests.Response`` that ``StashClient`` reads."""
+
+    status_code: int
+    content: bytes
+
+    def json(self) -> Any:
+        """Decode the body as JSON (raises ValueError when it is not)."""
+        return json.loads(self.content)
+
+
+class LeanSession:
+    """A ``requests.Session`` stand-in on ``http.client`` for modes that must start fast (hooks).
+
+    Importing requests costs a hook process ~0.1-0.2 s; a hook sends one or two requests.
+    Transport failures surface as OSError (ConnectionError, TimeoutError), as with requests.
+    """
+
+    def __init__(self) -> None:
+        self.headers: dict[str, str] = {}
+        self.cookies: dict[str, str] = {}
+
+    def post(self, url: str, json: Any = None, timeout: float | tuple[float, float] = 30.0) -> LeanResponse:
+        """POST a JSON body on a fresh connection and read the whole answer."""
+        parts = urlsplit(url)
+        connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        connection = connection_class(parts.hostname, parts.port, timeout=max(timeout) if isinstance(timeout, tuple) else timeout)
+        headers = {"Content-Type": "application/json", "Accept": "application/json", **self.headers}
+        if self.cookies:
+            headers["Cookie"] = "; ".join(f"{name}={value}" for name, value in self.cookies.items())
+        try:
+            connection.request("POST", parts.path or "/", body=_json_bytes(json), headers=headers)
+            answer = connection.getresponse()
+            return LeanResponse(answer.status, answer.read())
+        except http.client.HTTPException as exc:
+            raise ConnectionError(f"bad HTTP answer: {type(exc).__name__}") from None
+        finally:
+            connection.close()
+
+
+def _json_bytes(value: Any) -> bytes:
+    """Encode a request body as compact JSON."""
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
 def _connect_with_stashapi(server_connection: Mapping[str, Any], base_url: str, api_key: str | None) -> StashClient:
     """Build a ``stashapi.StashInterface`` and reuse its authenticated HTTP session."""
+    import requests
     from stashapi.stashapp import StashInterface
 
     conn = dict(server_connection)
