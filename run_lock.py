@@ -23,7 +23,7 @@ class LockHeld(Exception):
     """Another live process holds the lock."""
 
 
-def _try_lock(fd: int) -> bool:
+def try_lock(fd: int) -> bool:
     """Take an exclusive, non-blocking lock on an open file; False when someone else holds it."""
     try:
         if fcntl is not None:
@@ -33,6 +33,15 @@ def _try_lock(fd: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def unlock(fd: int) -> None:
+    """Release a lock taken with ``try_lock`` (closing the file releases it too)."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    else:
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
 
 
 def holder_pid(path: Path) -> str:
@@ -49,7 +58,7 @@ def exclusive(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        if not _try_lock(fd):
+        if not try_lock(fd):
             raise LockHeld(holder_pid(path))
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
