@@ -29,6 +29,7 @@ def try_lock(fd: int) -> bool:
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         else:
+            os.lseek(fd, 0, os.SEEK_SET)  # msvcrt locks bytes from the current position
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
     except OSError:
         return False
