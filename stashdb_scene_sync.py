@@ -318,7 +318,7 @@ class SceneTagSync:
         finally:
             if not self.dry_run:
                 self.writer.flush()
-        report_path = self.write_report() if self.dry_run else None
+        report_path = self.try_write_report() if self.dry_run else None
         self.progress(1.0)
         return self.result(self.clock() - started, report_path)
 
@@ -472,6 +472,15 @@ class SceneTagSync:
         if self.total_units:
             self.reported = max(self.reported, min(self.done_units / self.total_units, 0.999))
             self.progress(self.reported)
+
+    def try_write_report(self) -> str | None:
+        """Write the preview report; an unwritable folder costs the file, not the preview."""
+        try:
+            return self.write_report()
+        except OSError as exc:
+            log.warning(f"Could not write the preview report under {self.report_dir} ({exc.strerror or exc}); "
+                        "the would-be tags are in this log")
+            return None
 
     def write_report(self) -> str:
         """Write the preview as CSV under the report folder (atomically) and return its path."""

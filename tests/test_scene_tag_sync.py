@@ -242,3 +242,9 @@ def test_progress_rises_to_one(servers, tmp_path):
     run_sync_scene_tags(context(servers, tmp_path, progress=seen.append))
     assert seen[-1] == 1.0 and len(seen) > 5
     assert all(0 <= a <= b <= 1 for a, b in zip(seen, seen[1:]))
+
+
+def test_preview_survives_an_unwritable_report_folder(servers, tmp_path):
+    (tmp_path / "reports").write_text("a file where the folder should be")
+    result = sync(servers, tmp_path, dry_run=True)
+    assert result.dry_run and result.report_path is None and result.scenes_updated > 0
