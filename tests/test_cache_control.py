@@ -25,7 +25,7 @@ SOFT = CacheOptions(soft_delete=True)
 # the README's change-log queries, run here as written there
 LAST_RUN_CHANGES = """
 SELECT entity_type, entity_id, change, field, old_value, new_value FROM sync_changes
-WHERE run_id = (SELECT max(run_id) FROM sync_changes) ORDER BY entity_type, entity_id, field"""
+WHERE run_id = (SELECT max(id) FROM sync_runs) ORDER BY entity_type, entity_id, field"""
 SCENE_HISTORY = """
 SELECT r.started, c.change, c.field, c.old_value, c.new_value
 FROM sync_changes c JOIN sync_runs r ON r.id = c.run_id
