@@ -45,7 +45,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,7 @@ LIVE_TABLES_DDL = (
     """CREATE TABLE IF NOT EXISTS watch_heartbeat (
         pid INTEGER NOT NULL, host TEXT NOT NULL, started TEXT NOT NULL, last_heartbeat TEXT NOT NULL,
         last_heartbeat_epoch REAL NOT NULL, last_run TEXT, last_run_id INTEGER, last_run_status TEXT,
-        state TEXT NOT NULL, interval_s REAL NOT NULL, heartbeat_s REAL NOT NULL,
+        state TEXT NOT NULL, interval_s REAL NOT NULL, heartbeat_s REAL NOT NULL, next_full_sync TEXT,
         PRIMARY KEY (host, pid))""",
     """CREATE TABLE IF NOT EXISTS sync_run_origin (
         run_id INTEGER PRIMARY KEY, created_by TEXT NOT NULL)""",
@@ -102,9 +102,9 @@ def _now_text() -> str:
 
 def cache_path(ctx: Any) -> Path:
     """The cache file of a run: the ``cacheDbPath`` setting or the default in the plugin folder."""
-    if ctx.settings.cache_db_path:
-        return Path(ctx.settings.cache_db_path)
-    return Path(ctx.plugin_dir) / "data" / "stash_cache.sqlite3"
+    import local_cache
+
+    return local_cache.cache_path(ctx.settings, ctx.plugin_dir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -576,6 +576,9 @@ def ensure_live_tables(conn: sqlite3.Connection) -> None:
         name = ddl.split("EXISTS", 1)[1].split("(", 1)[0].strip()
         if name not in existing:
             conn.execute(ddl)
+    if "watch_heartbeat" in existing and "next_full_sync" not in {
+            r[1] for r in conn.execute("PRAGMA table_info(watch_heartbeat)")}:
+        conn.execute("ALTER TABLE watch_heartbeat ADD COLUMN next_full_sync TEXT")
 
 
 def record_origin(conn: sqlite3.Connection, run_id: int, created_by: str) -> None:
@@ -598,6 +601,7 @@ class WatchSummary:
     interval_s: float = WATCH_DEFAULT_INTERVAL_S
     heartbeat_s: float = WATCH_DEFAULT_HEARTBEAT_S
     runs: int = 0
+    full_runs: int = 0
     runs_with_changes: int = 0
     failed_runs: int = 0
     heartbeats: int = 0
@@ -608,8 +612,9 @@ class WatchSummary:
         return asdict(self)
 
     def __str__(self) -> str:
-        return (f"Cache watch stopped ({self.stop_reason or 'done'}) after {self.runs} smart syncs "
-                f"({self.runs_with_changes} with changes, {self.failed_runs} failed), "
+        return (f"Cache watch stopped ({self.stop_reason or 'done'}) after {self.runs} syncs "
+                f"({self.full_runs} full, the rest smart; "
+                f"{self.runs_with_changes} with changes, {self.failed_runs} failed), "
                 f"{self.entities_changed} entities brought up to date.")
 
 
@@ -627,6 +632,7 @@ class Heartbeat:
         self.last_run: str | None = None
         self.last_run_id: int | None = None
         self.last_run_status: str | None = None
+        self.next_full_sync: str | None = None
         self.beats = 0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -643,7 +649,8 @@ class Heartbeat:
         """Write the row now; False when the cache was busy or unusable (tried again next period)."""
         with self._lock:
             values = (self.key[1], self.key[0], self.started, _now_text(), time.time(), self.last_run,
-                      self.last_run_id, self.last_run_status, self.state, self.interval, self.period)
+                      self.last_run_id, self.last_run_status, self.state, self.interval, self.period,
+                      self.next_full_sync)
         try:
             conn = self._connect()
             try:
@@ -652,7 +659,7 @@ class Heartbeat:
                 ensure_live_tables(conn)
                 conn.execute("INSERT OR REPLACE INTO watch_heartbeat (pid, host, started, last_heartbeat, "
                              "last_heartbeat_epoch, last_run, last_run_id, last_run_status, state, interval_s, "
-                             "heartbeat_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+                             "heartbeat_s, next_full_sync) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
                 # rows of watch processes that stopped or died more than a day ago
                 conn.execute("DELETE FROM watch_heartbeat WHERE last_heartbeat_epoch < ?", (time.time() - 86400,))
             finally:
@@ -693,7 +700,9 @@ class CacheWatcher:
                  heartbeat: float = WATCH_DEFAULT_HEARTBEAT_S, stop: threading.Event | None = None,
                  clock: Callable[[], float] = time.monotonic, wait: Callable[[float], bool] | None = None,
                  sync: Callable[..., Any] | None = None, max_runs: int | None = None,
-                 sync_options: Mapping[str, Any] | None = None) -> None:
+                 sync_options: Mapping[str, Any] | None = None, full_every: timedelta | None = None,
+                 full_sync: Callable[..., Any] | None = None,
+                 wall_clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
         self.stash = stash
         self.db_path = Path(db_path)
         self.interval = float(interval)
@@ -702,7 +711,10 @@ class CacheWatcher:
         self.wait = wait or self.stop.wait
         self.sync = sync
         self.max_runs = max_runs
-        self.sync_options = dict(sync_options or {})  # e.g. options=CacheOptions(...) for the sync
+        self.sync_options = dict(sync_options or {})  # options=CacheOptions(...), entities=... for the sync
+        self.full_every = full_every  # a full sync instead of a smart one once the last full is this old
+        self.full_sync = full_sync
+        self.wall_clock = wall_clock
         self.heartbeat = Heartbeat(self.db_path, float(heartbeat), self.interval, self.stop)
         self.summary = WatchSummary(str(self.db_path), _now_text(), interval_s=self.interval, heartbeat_s=float(heartbeat))
 
@@ -716,9 +728,11 @@ class CacheWatcher:
         import local_cache
 
         self.sync = self.sync or local_cache.cache_smart_sync
+        self.full_sync = self.full_sync or local_cache.cache_full_sync
         local_cache.open_cache(self.db_path).close()  # creates and migrates it; an unusable path fails here
         log.info(f"Watching the cache {self.db_path}: a smart sync every {self.interval:g} s, "
-                 f"heartbeat every {self.heartbeat.period:g} s")
+                 f"heartbeat every {self.heartbeat.period:g} s"
+                 + (f", a full sync once the last one is {self.full_every} old" if self.full_every else ""))
         self.heartbeat.start()
         state = "stopped"
         try:
@@ -794,10 +808,12 @@ class CacheWatcher:
     def run_once(self) -> None:
         """One smart sync, its log line and bookkeeping; Stash or the cache being unavailable is only logged."""
         before = self._newest_run_id()
+        sync = self.full_sync if self.full_sync_due() else self.sync
         self.heartbeat.update(state="syncing")
         self.summary.runs += 1
+        self.summary.full_runs += sync is self.full_sync
         try:
-            result = self.sync(self.stash, self.db_path, progress=self._progress, **self.sync_options)
+            result = sync(self.stash, self.db_path, progress=self._progress, **self.sync_options)
         except StopRequested:
             run_id = self._run_after(before)
             self._mark_run(run_id, interrupted=True)
@@ -821,7 +837,7 @@ class CacheWatcher:
             return
         self._mark_run(result.run_id, interrupted=False)
         self.heartbeat.update(state="idle", last_run=result.finished, last_run_id=result.run_id,
-                              last_run_status=result.status)
+                              last_run_status=result.status, next_full_sync=self.next_full_sync_text())
         scenes = result.per_type.get("scenes")
         scene_changes = (scenes.upserted + scenes.deleted) if scenes else 0
         other_changes = result.upserted + result.deleted - scene_changes
@@ -832,6 +848,32 @@ class CacheWatcher:
             log.info(f"Executed incremental sync due to {scene_changes} scenes that needed to be resynced{extra}")
         else:
             log.debug("No scenes pending sync")
+
+    def full_sync_due(self) -> bool:
+        """True when ``--full-every`` is set and the oldest last full sync of the watched types is that old."""
+        if self.full_every is None:
+            return False
+        import local_cache
+
+        try:
+            with local_cache.read_cache(self.db_path) as conn:
+                return local_cache.full_sync_due(conn, self.full_every, self.wall_clock(),
+                                                 self.sync_options.get("entities"))
+        except (TagManagerError, sqlite3.Error):
+            return True  # no usable mirror yet: the full sync creates it (or reports why it cannot)
+
+    def next_full_sync_text(self) -> str | None:
+        """When the next scheduled full sync is due, for the heartbeat ("now" when it is due already)."""
+        if self.full_every is None:
+            return None
+        import local_cache
+
+        try:
+            with local_cache.read_cache(self.db_path) as conn:
+                due = local_cache.next_full_sync_at(conn, self.full_every, self.sync_options.get("entities"))
+        except (TagManagerError, sqlite3.Error):
+            return "now"
+        return "now" if due is None or due <= self.wall_clock() else due.isoformat(timespec="seconds")
 
     def _after_failure(self, before: int | None, status: str) -> None:
         run_id = self._run_after(before) if before is not None else 0
@@ -865,8 +907,11 @@ def run_cache_watch(ctx: Any) -> WatchSummary:
         stash.sleep = stop.wait  # retries end at once when a stop is requested
     import local_cache
 
-    watcher = CacheWatcher(stash, cache_path(ctx), interval, heartbeat, stop,
-                           sync_options={"options": local_cache.CacheOptions.from_settings(ctx.settings)})
+    full_every = local_cache.parse_duration(ctx.args["full_every"]) if ctx.args.get("full_every") else None
+    sync_options = {"options": local_cache.CacheOptions.from_settings(ctx.settings),
+                    "entities": local_cache.parse_entities(ctx.args.get("entities")) or None}
+    watcher = CacheWatcher(stash, cache_path(ctx), interval, heartbeat, stop, sync_options=sync_options,
+                           full_every=full_every)
     with stop_on_signals(stop):
         try:
             return watcher.run()
@@ -940,6 +985,7 @@ class TypeStatus:
     cursor: str | None = None
     last_full_sync: str | None = None
     last_incremental_sync: str | None = None
+    last_run: dict[str, Any] = field(default_factory=dict)  # created/updated/unchanged/deleted of the last run
 
 
 @dataclass
@@ -972,9 +1018,13 @@ class CacheStatus:
         # "~" after a pending figure: the window was too large to compare with the mirror, it is Stash's count
         for table, t in self.types.items():
             pending = f"{t.pending}" + ("" if t.pending_exact else "~")
+            counts = t.last_run
+            last = (f"  last run: {counts.get('created') or 0} created, {counts.get('updated') or 0} updated, "
+                    f"{counts.get('unchanged') or 0} unchanged, {counts.get('deleted') or 0} deleted"
+                    if counts.get("run_id") else "")
             lines.append(f"{table:<11}{t.mirrored:>9}{t.stash:>9}{pending:>9}  {t.cursor or '-':<26}"
                          f"{t.last_full_sync or '-':<26}{t.last_incremental_sync or '-':<26}"
-                         + (f"  (+{t.soft_deleted} soft-deleted kept)" if t.soft_deleted else ""))
+                         + (f"  (+{t.soft_deleted} soft-deleted kept)" if t.soft_deleted else "") + last)
         lines.append(f"Last {len(self.runs)} runs:" if self.runs else "No sync runs yet.")
         for r in self.runs:
             lines.append(f"  #{r['id']:<5} {r['mode']:<23} {r['status']:<11} {r['started']:<26} "
@@ -984,7 +1034,8 @@ class CacheStatus:
         w = self.watch
         if w.get("alive"):
             lines.append(f"Watch: alive (pid {w['pid']} on {w['host']}, heartbeat {w['heartbeat_age_s']:.0f} s ago, "
-                         f"{w['state']}, last run {w.get('last_run') or '-'}).")
+                         f"{w['state']}, last run {w.get('last_run') or '-'}"
+                         + (f", next full sync {w['next_full_sync']}" if w.get("next_full_sync") else "") + ").")
         elif w.get("pid"):
             lines.append(f"Watch: not running (last heartbeat {w['heartbeat_age_s']:.0f} s ago from pid {w['pid']} "
                          f"on {w['host']}, state {w['state']}).")
@@ -997,13 +1048,15 @@ def _watch_status(conn: sqlite3.Connection) -> dict[str, Any]:
     """The most recent watch heartbeat, with its age and whether that process is alive."""
     if not _table_exists(conn, "watch_heartbeat"):
         return {"alive": False}
+    has_next = "next_full_sync" in {r[1] for r in conn.execute("PRAGMA table_info(watch_heartbeat)")}
     row = conn.execute("SELECT pid, host, started, last_heartbeat, last_heartbeat_epoch, last_run, last_run_id, "
-                       "last_run_status, state, interval_s, heartbeat_s FROM watch_heartbeat "
+                       "last_run_status, state, interval_s, heartbeat_s, "
+                       + ("next_full_sync" if has_next else "NULL") + " FROM watch_heartbeat "
                        "ORDER BY last_heartbeat_epoch DESC LIMIT 1").fetchone()
     if not row:
         return {"alive": False}
     keys = ("pid", "host", "started", "last_heartbeat", "last_heartbeat_epoch", "last_run", "last_run_id",
-            "last_run_status", "state", "interval_s", "heartbeat_s")
+            "last_run_status", "state", "interval_s", "heartbeat_s", "next_full_sync")
     out = dict(zip(keys, row))
     age = max(0.0, time.time() - float(out.pop("last_heartbeat_epoch")))
     out["heartbeat_age_s"] = round(age, 1)
@@ -1029,6 +1082,7 @@ def run_cache_status(ctx: Any) -> CacheStatus:
     status = CacheStatus(str(db_path), db_path.exists(), bool(ctx.settings.live_cache))
     mirror: dict[str, int] = {}
     states: dict[str, tuple] = {}
+    last_runs: dict[str, dict[str, Any]] = {}
     conn = None
     if status.cache_exists:
         conn = _read_only(db_path)
@@ -1055,6 +1109,7 @@ def run_cache_status(ctx: Any) -> CacheStatus:
                     "error", "created_by")
             status.runs = [dict(zip(keys, r)) for r in runs]
             status.watch = _watch_status(conn)
+            last_runs = local_cache.last_run_type_counts(conn)
         windows: dict[str, Any] = {}
         for spec in local_cache.SPECS:
             cursor = states.get(spec.table, (None,))[0]
@@ -1069,8 +1124,11 @@ def run_cache_status(ctx: Any) -> CacheStatus:
         for spec in local_cache.SPECS:
             cursor, last_full, last_incremental = states.get(spec.table, (None, None, None))
             present, kept = mirror.get(spec.table, (0, 0))
+            last_run = {k: v for k, v in last_runs.get(spec.table, {}).items()
+                        if k in ("run_id", "mode", "created", "updated", "unchanged", "deleted")}
             t = TypeStatus(mirrored=present, soft_deleted=kept, stash=counts[f"{spec.table}Total"]["count"],
-                           cursor=cursor, last_full_sync=last_full, last_incremental_sync=last_incremental)
+                           cursor=cursor, last_full_sync=last_full, last_incremental_sync=last_incremental,
+                           last_run=last_run)
             if not cursor:
                 t.pending = t.stash
             elif spec in listable:

@@ -452,6 +452,11 @@ def default_cache_path(plugin_dir: Path) -> Path:
     return Path(plugin_dir) / "data" / "stash_cache.sqlite3"
 
 
+def cache_path(settings: Settings, plugin_dir: Path) -> Path:
+    """The cache file of a run: the ``cacheDbPath`` setting or the default in the plugin folder."""
+    return Path(settings.cache_db_path) if settings.cache_db_path else default_cache_path(plugin_dir)
+
+
 def _prepare_file(db_path: Path) -> None:
     """Create the folder and an owner-only file (without truncating an existing one)."""
     try:

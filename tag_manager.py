@@ -86,6 +86,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="preview only: change nothing")
     parser.add_argument("--since", default=None, help="cache_incremental_sync: RFC3339 time to sync from")
     parser.add_argument("--id", default=None, help="cache_sync_scene: the scene id")
+    parser.add_argument("--entities", default=None,
+                        help="cache modes: comma separated subset of studios,tags,performers,groups,galleries,scenes,images")
+    parser.add_argument("--full-every", default=None, dest="full_every",
+                        help="cache_watch: run a full sync instead of a smart one when the last is this old (7d, 12h)")
     parser.add_argument("--interval", default=None, help="cache_watch: seconds between smart syncs (default 300)")
     parser.add_argument("--heartbeat", default=None, help="cache_watch: seconds between heartbeats (default 30)")
     return parser
@@ -99,7 +103,7 @@ def parse_command_line(argv: list[str]) -> Invocation:
     args: dict[str, Any] = {"mode": options.mode}
     if options.dry_run:
         args["dry_run"] = "true"
-    for name in ("since", "id", "interval", "heartbeat"):
+    for name in ("since", "id", "interval", "heartbeat", "entities", "full_every"):
         if getattr(options, name) is not None:
             args[name] = getattr(options, name)
     api_key = options.api_key or os.environ.get("STASH_API_KEY") or None
@@ -157,12 +161,14 @@ def run_cache_mode(kind: str) -> Callable[[RunContext], Any]:
     def run(ctx: RunContext):
         import local_cache
 
-        db_path = Path(ctx.settings.cache_db_path) if ctx.settings.cache_db_path else local_cache.default_cache_path(ctx.plugin_dir)
+        db_path = local_cache.cache_path(ctx.settings, ctx.plugin_dir)
+        common = {"progress": ctx.progress, "entities": ctx.args.get("entities") or None,
+                  "options": local_cache.CacheOptions.from_settings(ctx.settings)}
         if kind == "full":
-            return local_cache.cache_full_sync(ctx.stash, db_path, progress=ctx.progress)
+            return local_cache.cache_full_sync(ctx.stash, db_path, **common)
         if kind == "incremental":
-            return local_cache.cache_incremental_sync(ctx.stash, db_path, since=ctx.args.get("since") or None, progress=ctx.progress)
-        return local_cache.cache_smart_sync(ctx.stash, db_path, progress=ctx.progress)
+            return local_cache.cache_incremental_sync(ctx.stash, db_path, since=ctx.args.get("since") or None, **common)
+        return local_cache.cache_smart_sync(ctx.stash, db_path, **common)
 
     run.__doc__ = f"Mode ``cache_{kind}_sync``: bring the sidecar cache up to date."
     return run
