@@ -42,8 +42,6 @@ Steering and accounting:
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -60,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import cache_schema
+import run_lock
 from cache_schema import LINK_TABLES, atomic
 from settings import Settings
 from stash_client import StashClient
@@ -516,17 +515,13 @@ class CacheLock:
         except OSError as exc:
             raise CacheError(f"Cannot create the cache lock file {self.path} ({exc.strerror or exc}). "
                              "Set cacheDbPath to a writable location.") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
+        if not run_lock.try_lock(fd):
             holder = _read_holder(fd)
             os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise CacheLockedError(
-                    f"Another cache sync{holder} is running on {self.path.with_suffix('')}; "
-                    "this run changed nothing. Wait for it to finish (or cancel it) and try again."
-                ) from None
-            raise CacheError(f"Cannot lock {self.path}: {exc}") from None
+            raise CacheLockedError(
+                f"Another cache sync{holder} is running on {self.path.with_suffix('')}; "
+                "this run changed nothing. Wait for it to finish (or cancel it) and try again."
+            )
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {_now_text()}\n".encode())
         self.fd = fd
@@ -534,7 +529,7 @@ class CacheLock:
     def release(self) -> None:
         """Drop the lock (the lock file stays; an unlocked file means no sync is running)."""
         if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            run_lock.unlock(self.fd)
             os.close(self.fd)
             self.fd = None
 
