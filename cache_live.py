@@ -283,15 +283,9 @@ def _lock_holder_alive(db_path: Path) -> bool:
         pid = int(text[0])
     except (OSError, ValueError, IndexError):
         return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    import run_lock
+
+    return run_lock.process_alive(pid)
 
 
 def sync_marker(conn: sqlite3.Connection, db_path: Path) -> tuple[int, str] | None:
@@ -1063,12 +1057,9 @@ def _watch_status(conn: sqlite3.Connection) -> dict[str, Any]:
     fresh = age <= max(2.5 * float(out["heartbeat_s"]), float(out["heartbeat_s"]) + 5.0)
     alive = fresh and out["state"] not in ("stopped", "failed")
     if alive and out["host"] == socket.gethostname():
-        try:
-            os.kill(int(out["pid"]), 0)
-        except ProcessLookupError:
-            alive = False
-        except (PermissionError, ValueError):
-            pass
+        import run_lock
+
+        alive = run_lock.process_alive(int(out["pid"]))
     out["alive"] = alive
     return out
 

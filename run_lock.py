@@ -45,6 +45,21 @@ def unlock(fd: int) -> None:
         msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (on Windows, where signal 0 would kill it, assume yes)."""
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def holder_pid(path: Path) -> str:
     """The pid the current holder wrote into the lock file ('?' when unknown)."""
     try:
