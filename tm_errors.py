@@ -20,6 +20,11 @@
 from __future__ import annotations
 
 
+def graphql_messages(errors: list) -> str:
+    """The messages of a GraphQL ``errors`` list, joined for one line."""
+    return "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in errors)
+
+
 class TagManagerError(Exception):
     """Base of every error the plugin raises on purpose."""
 
@@ -51,8 +56,7 @@ class StashQueryError(StashError):
         self.errors = errors
         self.operation = operation
         self.data = data
-        messages = "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in errors)
-        super().__init__(f"Stash rejected {operation or 'a request'}: {messages}")
+        super().__init__(f"Stash rejected {operation or 'a request'}: {graphql_messages(errors)}")
 
 
 class StashDBError(TagManagerError):
@@ -77,8 +81,7 @@ class GraphQLQueryError(StashDBError):
     def __init__(self, errors: list, operation: str = "") -> None:
         self.errors = errors
         self.operation = operation
-        messages = "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in errors)
-        super().__init__(f"StashDB rejected {operation or 'a request'}: {messages}")
+        super().__init__(f"StashDB rejected {operation or 'a request'}: {graphql_messages(errors)}")
 
 
 class CacheError(TagManagerError):
