@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import cache_schema
+import plugin_log
 import run_lock
 from cache_schema import LINK_TABLES, atomic
 from settings import Settings
@@ -544,7 +545,8 @@ class CacheLock:
 def _read_holder(fd: int) -> str:
     """' (pid N since T)' from the lock file, or ''."""
     try:
-        text = os.pread(fd, 200, 0).decode(errors="replace").split()
+        os.lseek(fd, 0, os.SEEK_SET)  # (os.pread does not exist on Windows)
+        text = os.read(fd, 200).decode(errors="replace").split()
         return f" (pid {text[0]} since {text[1]})" if len(text) >= 2 else ""
     except OSError:
         return ""
@@ -1564,7 +1566,8 @@ def run_sync(stash: StashClient, db_path: Path, mode: str, since: str | None = N
             try:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                _finish_run(conn, run_id, result, None if error is None else f"{type(error).__name__}: {error}")
+                _finish_run(conn, run_id, result, None if error is None
+                            else plugin_log.redactor.redact(f"{type(error).__name__}: {error}"))
             except sqlite3.Error as exc:
                 log.warning(f"could not record the sync run: {exc}")
             if error is not None:

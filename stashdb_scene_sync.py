@@ -33,7 +33,16 @@ from stashdb_api import (
     StashDBTag,
     fingerprints_from_stash_files,
 )
-from tm_errors import AuthError, StashAuthError, StashDBError, StashError, StashQueryError, StashUnavailable
+from tm_errors import (
+    AuthError,
+    GraphQLQueryError,
+    StashAuthError,
+    StashDBError,
+    StashDBUnavailable,
+    StashError,
+    StashQueryError,
+    StashUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +65,7 @@ query TagSyncTags($filter: FindFilterType) {
 
 LINKED_SCENE_IDS_QUERY = """
 query TagSyncLinkedSceneIds($scene_filter: SceneFilterType, $filter: FindFilterType) {
-  findScenes(scene_filter: $scene_filter, filter: $filter) { count scenes { id } }
+  findScenes(scene_filter: $scene_filter, filter: $filter) { count scenes { id updated_at } }
 }"""
 
 SCENE_DETAILS_QUERY = """
@@ -412,11 +421,13 @@ class SceneTagSync:
             raise
         except StashDBError as exc:
             self.counters["errors"] += 1
-            self.stashdb_failures_in_a_row += 1
             log.error(f"StashDB request failed, skipped: {exc}")
+            if isinstance(exc, GraphQLQueryError):
+                return FAILED  # StashDB answered (e.g. a malformed linked id): not a sign that it is down
+            self.stashdb_failures_in_a_row += 1
             if self.stashdb_failures_in_a_row >= MAX_CONSECUTIVE_STASHDB_FAILURES:
-                raise type(exc)(f"StashDB failed {self.stashdb_failures_in_a_row} times in a row ({exc}). "
-                                "Check that StashDB is reachable and run the task again.") from None
+                raise StashDBUnavailable(f"StashDB failed {self.stashdb_failures_in_a_row} times in a row ({exc}). "
+                                         "Check that StashDB is reachable and run the task again.") from None
             return FAILED
         self.stashdb_failures_in_a_row = 0
         return answer
@@ -533,17 +544,26 @@ def load_tag_matcher(stash: StashClient, endpoint: str) -> TagMatcher:
 def linked_scene_ids(stash: StashClient, endpoint: str) -> list[int]:
     """Snapshot the ids of scenes linked to ``endpoint``, least recently updated first.
 
-    Only ids are kept: the sync's own writes move scenes to the end of an ``updated_at`` order,
-    so paging through full scenes while writing would skip some.
+    Pages are read in id order, which edits do not change (in ``updated_at`` order a scene edited
+    while we page would move and push another across a page boundary unseen), then sorted here by
+    the instant of ``updated_at``. Only ids are kept: the sync's own writes reorder scenes too.
     """
     variables = {
         "scene_filter": {"stash_id_endpoint": {"endpoint": endpoint, "modifier": "NOT_NULL"}},
-        "filter": {"sort": "updated_at", "direction": "ASC"},
+        "filter": {"sort": "id", "direction": "ASC"},
     }
-    ids: dict[int, None] = {}
+    stamped: dict[int, float] = {}
     for page in stash.paginate(LINKED_SCENE_IDS_QUERY, variables, "findScenes", "scenes", per_page=SCENE_ID_PAGE_SIZE):
-        ids.update((int(s["id"]), None) for s in page)
-    return list(ids)
+        stamped.update((int(s["id"]), updated_instant(s.get("updated_at"))) for s in page)
+    return sorted(stamped, key=lambda scene_id: (stamped[scene_id], scene_id))
+
+
+def updated_instant(text: str | None) -> float:
+    """Seconds since the epoch of a Stash timestamp (any offset); unknown sorts first."""
+    try:
+        return datetime.fromisoformat((text or "").replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return float("-inf")
 
 
 def chunked(items: Sequence, size: int) -> Iterator[Sequence]:

@@ -226,7 +226,8 @@ def execute(invocation: Invocation, progress: Callable[[float], None]) -> Any:
 
 def connect_and_run(invocation: Invocation, progress: Callable[[float], None]) -> Any:
     """Connect (lean for the cache's live modes), read the settings, run the mode."""
-    check_runtime_dependencies()
+    if invocation.mode not in LEAN_MODES:  # the lean modes need neither requests nor stashapi
+        check_runtime_dependencies()
     import stash_client
 
     plugin_log.redactor.add(invocation.api_key)

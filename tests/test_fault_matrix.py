@@ -90,3 +90,10 @@ def test_scene_deleted_by_the_user_mid_run_costs_only_that_scene(servers, tmp_pa
     expected.pop(doomed)
     assert changes(servers, {k: v for k, v in before.items() if k != doomed}) == expected
     assert result.errors == 1 and result.scenes_updated == len(expected)
+
+
+def test_many_stashdb_graphql_errors_in_a_row_do_not_stop_the_run(servers, tmp_path):
+    """StashDB answering (e.g. rejecting malformed linked ids) is not StashDB being down."""
+    servers.stashdb.fail_next(7, status=200, body=GRAPHQL_ERROR)
+    result = sync(servers, tmp_path)
+    assert result.errors == 7 and result.tags_added > 0
