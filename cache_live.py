@@ -330,8 +330,8 @@ class LiveWriter:
         if not ids:
             return []
         spec = local_cache.SPEC_BY_TABLE[table]
-        data = self.stash.call(local_cache.PAGE_QUERIES[table], {"ids": [str(i) for i in ids], "filter": {"per_page": -1}})
-        return data[spec.find][spec.list_key]
+        data = self.stash.call_by_ids(local_cache.PAGE_QUERIES[table], {"ids": [str(i) for i in ids], "filter": {"per_page": -1}})
+        return data[spec.find][spec.list_key] if data else []
 
     def _check(self, conn: sqlite3.Connection, marker: tuple[int, str]) -> None:
         """Inside the write transaction: refuse when a sync started since ``marker`` or is running."""

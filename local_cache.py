@@ -1373,8 +1373,9 @@ class CacheSync:
         recheck = [] if cursor_epoch is None else [r[0] for r in self.conn.execute(
             f"SELECT id FROM {spec.table} WHERE updated_epoch >= ? AND deleted_at IS NULL ORDER BY id",
             (cursor_epoch,))]
-        probe = self._call(PROBE_QUERIES[spec.table],
-                           {"window": window, "recheck": [str(i) for i in recheck], "withRecheck": bool(recheck)})
+        probe = self.stash.call_by_ids(
+            PROBE_QUERIES[spec.table], {"window": window, "recheck": [str(i) for i in recheck], "withRecheck": bool(recheck)},
+            ids_key="recheck", empty=lambda variables: {**variables, "withRecheck": False})
         stash_total, window_count = probe["total"]["count"], probe["window"]["count"]
         recheck_items = (probe.get("recheck") or {}).get(spec.list_key) or []
         stats.fetched += len(recheck_items)
@@ -1442,8 +1443,8 @@ class CacheSync:
         done = 0
         for chunk in _chunks(wanted, self.per_page):
             ids = [eid for eid, _ in chunk]
-            data = self._call(PAGE_QUERIES[spec.table], {"ids": [str(i) for i in ids], "filter": {"per_page": -1}})
-            items = data[spec.find][spec.list_key]
+            data = self.stash.call_by_ids(PAGE_QUERIES[spec.table], {"ids": [str(i) for i in ids], "filter": {"per_page": -1}})
+            items = data[spec.find][spec.list_key] if data else []  # ids Stash no longer has are left out
             stamps = [u for _, u in chunk if u is not None]
             with atomic(self.conn):
                 stats.upserted += write_items(self.conn, spec, items, recorder=self.recorder)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -140,6 +141,30 @@ class StashClient:
             return "response without data"
         return payload["data"]
 
+    def call_by_ids(self, query: str, variables: Mapping[str, Any], ids_key: str = "ids",
+                    empty: Callable[[dict], dict] | None = None) -> dict | None:
+        """Run a lookup by ids, leaving out ids Stash no longer has; None when none is left.
+
+        Stash's lookups by id fail as a whole when one id is missing ("scene with id 7 not found"),
+        so an entity deleted a moment ago would sink the others. ``empty`` adapts the variables
+        when the id list runs empty (None: there is nothing to ask).
+        """
+        current = dict(variables)
+        while True:
+            try:
+                return self.call(query, current)
+            except StashQueryError as exc:
+                gone = missing_ids(exc)
+                remaining = [i for i in current[ids_key] if str(i) not in gone]
+                if not gone or len(remaining) == len(current[ids_key]):
+                    raise
+                log.debug(f"{operation_name(query)}: ids {', '.join(sorted(gone))} no longer exist in Stash")
+                current[ids_key] = remaining
+                if not remaining:
+                    if empty is None:
+                        return None
+                    current = empty(current)
+
     def paginate(self, query: str, variables: Mapping[str, Any], result_key: str, list_key: str,
                  per_page: int = MAX_PER_PAGE) -> Iterator[list[dict]]:
         """Yield pages of ``result_key.list_key`` using ``filter.page``/``per_page`` (offset paging)."""
@@ -169,6 +194,14 @@ class StashClient:
             for b in config["general"]["stashBoxes"] or []
         ]
         return boxes, list(config["scraping"].get("excludeTagPatterns") or [])
+
+
+MISSING_ID = re.compile(r"with id (\d+) not found")
+
+
+def missing_ids(exc: StashQueryError) -> set[str]:
+    """Ids named by Stash's "<type> with id N not found" errors."""
+    return {m for e in exc.errors for m in MISSING_ID.findall(str(e.get("message", "") if isinstance(e, dict) else e))}
 
 
 def operation_name(query: str) -> str:

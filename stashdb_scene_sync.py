@@ -351,14 +351,14 @@ class SceneTagSync:
         """Read one batch of scenes from Stash; a failed read is logged, counted and skipped."""
         variables = {"ids": [str(i) for i in batch_ids], "filter": {"per_page": -1}}
         try:
-            data = self.stash.call(SCENE_DETAILS_QUERY, variables)
+            data = self.stash.call_by_ids(SCENE_DETAILS_QUERY, variables)
         except (StashAuthError, StashUnavailable):
             raise
         except StashError as exc:
             self.counters["errors"] += 1
             log.error(f"Could not read scenes {batch_ids[0]}..{batch_ids[-1]} from Stash, skipped: {exc}")
             return []
-        return [scene_work(s, self.endpoint) for s in data["findScenes"]["scenes"]]
+        return [scene_work(s, self.endpoint) for s in (data or {"findScenes": {"scenes": []}})["findScenes"]["scenes"]]
 
     def match_batch(self, scenes: list[SceneWork]) -> list[SceneWork]:
         """Send one fingerprint request; apply hits on the linked id and return the rest."""

@@ -319,8 +319,12 @@ def test_id_stash_id_and_tag_filters(world, fake):
     assert ids({"tags": {"modifier": "IS_NULL"}}) == [s3]
     assert ids({"id": {"value": s1, "modifier": "GREATER_THAN"}}) == [s2, s3]
     assert ids({"id": {"value": s1, "value2": s2, "modifier": "BETWEEN"}}) == [s1, s2]
-    d = gql(fake, "{ findScenes(ids: [\"3\", \"1\", \"99\"], filter: {sort: \"id\"}) { count scenes { id } } }")
+    d = gql(fake, "{ findScenes(ids: [\"3\", \"1\"], filter: {sort: \"id\"}) { count scenes { id } } }")
     assert d["findScenes"] == {"count": 2, "scenes": [{"id": "1"}, {"id": "3"}]}
+    # like Stash's FindMany, one id that does not exist fails the whole lookup
+    missing = requests.post(fake.url + "/graphql", timeout=10,
+                            json={"query": "{ findScenes(ids: [\"3\", \"99\"]) { count } }"}).json()
+    assert missing["data"] is None and "scene with id 99 not found" in missing["errors"][0]["message"]
     d = gql(fake, "{ findTags(tag_filter: {stash_id_endpoint: {modifier: IS_NULL}}) { count } }")
     assert d["findTags"]["count"] == 3
 

@@ -653,7 +653,10 @@ class World:
         if ids is not None:
             idset = {_int_id(i) for i in ids}
             table = self._tables[etype]
-            rows = [table[i] for i in sorted(idset) if i in table]
+            for i in sorted(idset):
+                if i not in table:  # like Stash's FindMany: one missing id fails the whole lookup
+                    raise FakeStashError(f"{etype} with id {i} not found")
+            rows = [table[i] for i in sorted(idset)]
             rows = self._sort_small(etype, rows, sort, direction)
             for p in preds:
                 rows = [r for r in rows if p(r)]
