@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,14 +69,36 @@ def holder_pid(path: Path) -> str:
         return "?"
 
 
+def is_held(path: Path) -> bool:
+    """Whether another process holds the lock on ``path`` right now (a brief probe; no file, no lock)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        if not try_lock(fd):
+            return True
+        unlock(fd)
+        return False
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def exclusive(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` for the block; raise ``LockHeld`` if another process has it."""
+def exclusive(path: Path, attempts: int = 5, pause_s: float = 0.05) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` for the block; raise ``LockHeld`` if another process has it.
+
+    A few quick attempts absorb a probe (``is_held``) that holds the lock for an instant.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        if not try_lock(fd):
-            raise LockHeld(holder_pid(path))
+        for attempt in range(attempts):
+            if try_lock(fd):
+                break
+            if attempt == attempts - 1:
+                raise LockHeld(holder_pid(path))
+            time.sleep(pause_s)
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         yield

@@ -32,6 +32,7 @@ RUNTIME_REQUIREMENTS = ("requests", "stashapi")
 TRUE_WORDS = {"true", "1", "yes", "on"}
 # Aim 2 % under the stash-box limit: scheduling jitter must never make two requests look too close.
 RATE_SAFETY_FACTOR = 0.98
+TAG_SYNC_LOCK_NAME = "scene_tag_sync.lock"
 
 log = logging.getLogger(plugin_log.LOGGER_NAME)
 
@@ -136,7 +137,7 @@ def run_sync_scene_tags(ctx: RunContext):
     sync = SceneTagSync(ctx.stash, stashdb, box, blacklist, dry_run, ctx.plugin_dir / "reports", progress=ctx.progress)
     if dry_run:
         return sync.run()
-    with single_run(ctx.plugin_dir / "data" / "scene_tag_sync.lock", "A scene tag sync"):
+    with single_run(ctx.plugin_dir / "data" / TAG_SYNC_LOCK_NAME, "A scene tag sync"):
         return sync.run()
 
 
@@ -213,10 +214,62 @@ def check_runtime_dependencies() -> None:
         )
 
 
+def live_marker(plugin_dir: Path) -> Path:
+    """File that exists while the last run that read the settings saw ``liveCache`` on."""
+    return plugin_dir / "data" / "live_cache.on"
+
+
+def remember_live_cache(plugin_dir: Path, live_cache: bool) -> None:
+    """Keep the marker in step with the setting, so that hooks can answer without asking Stash."""
+    marker = live_marker(plugin_dir)
+    try:
+        if live_cache:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        else:
+            marker.unlink(missing_ok=True)
+    except OSError as exc:
+        log.debug(f"could not update {marker}: {exc}")
+
+
+@dataclass(frozen=True)
+class QuickHookAnswer:
+    """A hook answered from local files (same JSON keys as a full hook result's status and reason)."""
+
+    status: str
+    reason: str
+    log_level: int = logging.DEBUG
+
+    def as_dict(self) -> dict:
+        """JSON-ready form."""
+        return {"status": self.status, "reason": self.reason}
+
+    def __str__(self) -> str:
+        return f"Cache hook: {self.status} ({self.reason})."
+
+
+def quick_hook_answer(invocation: Invocation) -> QuickHookAnswer | None:
+    """A hook's answer when it has nothing to do, decided from local files alone (no Stash request).
+
+    Stash runs a hook process for every scene that a bulk update touches, our own tag sync's included,
+    so the common cases must cost no more than starting Python.
+    """
+    import run_lock
+
+    if not live_marker(invocation.plugin_dir).exists():
+        return QuickHookAnswer("off", "liveCache is off (a change of the setting takes effect "
+                                      "with the next cache sync or Cache: Status run)")
+    if run_lock.is_held(invocation.plugin_dir / "data" / TAG_SYNC_LOCK_NAME):
+        return QuickHookAnswer("deferred", "a scene tag sync is running; the next cache sync mirrors its changes")
+    return None
+
+
 def execute(invocation: Invocation, progress: Callable[[float], None]) -> Any:
     """Connect to Stash, read the settings and run the requested mode."""
     if invocation.mode not in MODES:
         raise SettingsError(f"Unknown mode {invocation.mode!r}. Known modes: {', '.join(sorted(MODES))}.")
+    if invocation.mode in HOOK_MODES and (answer := quick_hook_answer(invocation)) is not None:
+        return answer
     if invocation.mode in HOOK_MODES:
         import cache_live
 
@@ -239,6 +292,8 @@ def connect_and_run(invocation: Invocation, progress: Callable[[float], None]) -
 
         cache_live.prepare_hook_client(stash)
     settings = Settings.from_plugin_config(stash.plugin_settings())
+    if invocation.mode.startswith("cache_"):
+        remember_live_cache(invocation.plugin_dir, settings.live_cache)
     ctx = RunContext(stash, settings, invocation.args, invocation.plugin_dir, progress)
     return MODES[invocation.mode](ctx)
 

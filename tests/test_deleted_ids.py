@@ -25,6 +25,7 @@ def test_destroy_and_merge_hooks_apply(small_servers, tmp_path):
     world = small_servers.library.world
     assert run_plugin(cache_input(small_servers, tmp_path, "cache_full_sync")).returncode == 0
     world.plugin_settings["tagManager"] = {"liveCache": True}
+    assert run_plugin(cache_input(small_servers, tmp_path, "cache_status")).returncode == 0  # sees the setting
     gone = min(world.table("scene"))
     world.delete_entity("scene", gone)
     destroy = run_plugin(cache_input(small_servers, tmp_path, "cache_hook", hookContext={

@@ -62,6 +62,7 @@ def test_killed_hook_leaves_a_consistent_cache(tmp_path):
     try:
         assert run_plugin(cache_document(servers, tmp_path, "cache_full_sync")).returncode == 0
         servers.library.world.plugin_settings["tagManager"] = {"liveCache": True}
+        assert run_plugin(cache_document(servers, tmp_path, "cache_status")).returncode == 0  # sees the setting
         scene = min(servers.library.world.table("scene"))
         servers.library.world.update_entity("scene", scene, title="Edited, then the hook was killed")
         hook = cache_document(servers, tmp_path, "cache_hook",
@@ -97,6 +98,7 @@ def test_stress_kill_hook(tmp_path, attempt):
     try:
         assert run_plugin(cache_document(servers, tmp_path, "cache_full_sync")).returncode == 0
         servers.library.world.plugin_settings["tagManager"] = {"liveCache": True}
+        assert run_plugin(cache_document(servers, tmp_path, "cache_status")).returncode == 0
         rng = random.Random(attempt)
         scene = rng.choice(sorted(servers.library.world.table("scene")))
         servers.library.world.update_entity("scene", scene, title=f"hook {attempt}")
