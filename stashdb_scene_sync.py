@@ -232,9 +232,20 @@ class TagWriter:
             self.write(tag_ids, self.pending.pop(tag_ids))
 
     def flush(self) -> None:
-        """Write every pending group, several groups per request."""
+        """Write every pending group, several groups (at most ``chunk`` scenes) per request.
+
+        Stash runs plugin hooks for every scene of a bulk update before it answers, so the scene
+        count per request, not only the field count, bounds how long one request may take.
+        """
         while self.pending:
-            batch = [self.pending.popitem() for _ in range(min(self.batch_fields, len(self.pending)))]
+            batch = [self.pending.popitem()]
+            scenes = len(batch[0][1])
+            while self.pending and len(batch) < self.batch_fields:
+                tag_ids, scene_ids = next(iter(self.pending.items()))
+                if scenes + len(scene_ids) > self.chunk:
+                    break
+                batch.append((tag_ids, self.pending.pop(tag_ids)))
+                scenes += len(scene_ids)
             self.write_batch(batch)
 
     def write_batch(self, batch: list[tuple[frozenset[int], list[int]]]) -> None:
