@@ -95,6 +95,17 @@ def hook_document(port: int, plugin_dir: Path, scene_id: int, title: str) -> str
     })
 
 
+def run_status(port: int, plugin_dir: Path) -> None:
+    """Run "Cache: Status" as Stash would: like any cache run, it brings liveCache's marker in step."""
+    document = json.dumps({"server_connection": {"Scheme": "http", "Host": "0.0.0.0", "Port": port,
+                                                 "SessionCookie": None, "Dir": str(plugin_dir),
+                                                 "PluginDir": str(plugin_dir)},
+                           "args": {"mode": "cache_status"}})
+    done = subprocess.run([sys.executable, str(PLUGIN)], input=document, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise SystemExit(f"cache_status failed:\n{done.stdout}{done.stderr}")
+
+
 def mirror_titles(db: Path, ids: list[int]) -> dict[int, str]:
     """Titles of these scenes in the mirror (read-only connection)."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
@@ -228,8 +239,10 @@ def main() -> int:
         print(f"full sync: {time.perf_counter() - started:.1f} s")
 
         env = plugin_env(work, not args.no_bytecode_cache)
+        run_status(fake.port, work)
         on = bench_hooks(fake, db, work, args.hooks, "applied", env)
         fake.configure({"cacheDbPath": str(db), "liveCache": False})
+        run_status(fake.port, work)
         off = bench_hooks(fake, db, work, args.off_hooks, "off", env)
         print(f"\nHook process wall time (spawn to exit), Scene.Update.Post, bytecode cache "
               f"{'off' if args.no_bytecode_cache else 'on'}, load average {os.getloadavg()[0]:.2f} on "
