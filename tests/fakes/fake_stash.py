@@ -725,25 +725,17 @@ class World:
         return preds
 
     def _ts_pred(self, field, crit):
-        mod, v = crit["modifier"], crit["value"]
+        # Stash compares timestamps as text; BETWEEN without value2 runs up to a day from now
         v2 = crit.get("value2")
-        if v2 is None:
-            v2 = render_timestamp(self.clock() + timedelta(days=1), self._offset)
-        return {
-            "EQUALS": lambda r: r[field] == v,
-            "NOT_EQUALS": lambda r: r[field] != v,
-            "GREATER_THAN": lambda r: r[field] > v,
-            "LESS_THAN": lambda r: r[field] < v,
-            "BETWEEN": lambda r: v <= r[field] <= v2,
-            "NOT_BETWEEN": lambda r: not (v <= r[field] <= v2),
-            "IS_NULL": lambda r: False,
-            "NOT_NULL": lambda r: True,
-        }.get(mod) or self._bad_modifier("timestamp", mod)
+        v2 = render_timestamp(self.clock() + timedelta(days=1), self._offset) if v2 is None else v2
+        return self._compare_pred("timestamp", field, crit["modifier"], crit["value"], v2)
 
     def _int_pred(self, field, crit):
-        mod, v = crit["modifier"], crit["value"]
         v2 = crit.get("value2")
-        v2 = 0 if v2 is None else v2
+        return self._compare_pred("int", field, crit["modifier"], crit["value"], 0 if v2 is None else v2)
+
+    def _compare_pred(self, kind, field, mod, v, v2):
+        """The row predicate of a comparison criterion (shared by timestamps and integers)."""
         return {
             "EQUALS": lambda r: r[field] == v,
             "NOT_EQUALS": lambda r: r[field] != v,
@@ -753,7 +745,7 @@ class World:
             "NOT_BETWEEN": lambda r: not (v <= r[field] <= v2),
             "IS_NULL": lambda r: False,
             "NOT_NULL": lambda r: True,
-        }.get(mod) or self._bad_modifier("int", mod)
+        }.get(mod) or self._bad_modifier(kind, mod)
 
     def _multi_pred(self, field, crit):
         mod = crit["modifier"]
