@@ -10,8 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: hooks import this module and every millisecond counts
+    from collections.abc import Iterator
+    from pathlib import Path
 
 try:
     import fcntl

@@ -9,12 +9,23 @@ Logs and progress go to stderr (Stash's protocol as a plugin, plain text on a te
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__" and len(sys.argv) == 1:
+    # Stash starts this script for every entity an update touches (hooks): answer an idle hook
+    # before importing anything else, so that it costs little more than starting Python.
+    import hook_gate
+
+    STDIN_TEXT: str | None = sys.stdin.read()
+    hook_gate.exit_if_idle(STDIN_TEXT)
+else:
+    STDIN_TEXT = None
+
 import argparse
 import contextlib
 import json
 import logging
 import os
-import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -32,7 +43,6 @@ RUNTIME_REQUIREMENTS = ("requests", "stashapi")
 TRUE_WORDS = {"true", "1", "yes", "on"}
 # Aim 2 % under the stash-box limit: scheduling jitter must never make two requests look too close.
 RATE_SAFETY_FACTOR = 0.98
-TAG_SYNC_LOCK_NAME = "scene_tag_sync.lock"
 
 log = logging.getLogger(plugin_log.LOGGER_NAME)
 
@@ -137,7 +147,9 @@ def run_sync_scene_tags(ctx: RunContext):
     sync = SceneTagSync(ctx.stash, stashdb, box, blacklist, dry_run, ctx.plugin_dir / "reports", progress=ctx.progress)
     if dry_run:
         return sync.run()
-    with single_run(ctx.plugin_dir / "data" / TAG_SYNC_LOCK_NAME, "A scene tag sync"):
+    import hook_gate
+
+    with single_run(ctx.plugin_dir / hook_gate.TAG_SYNC_LOCK, "A scene tag sync"):
         return sync.run()
 
 
@@ -216,7 +228,9 @@ def check_runtime_dependencies() -> None:
 
 def live_marker(plugin_dir: Path) -> Path:
     """File that exists while the last run that read the settings saw ``liveCache`` on."""
-    return plugin_dir / "data" / "live_cache.on"
+    import hook_gate
+
+    return plugin_dir / hook_gate.LIVE_MARKER
 
 
 def remember_live_cache(plugin_dir: Path, live_cache: bool) -> None:
@@ -249,19 +263,12 @@ class QuickHookAnswer:
 
 
 def quick_hook_answer(invocation: Invocation) -> QuickHookAnswer | None:
-    """A hook's answer when it has nothing to do, decided from local files alone (no Stash request).
+    """A hook's answer when it has nothing to do, decided from local files alone (see ``hook_gate``)."""
+    import hook_gate
 
-    Stash runs a hook process for every scene that a bulk update touches, our own tag sync's included,
-    so the common cases must cost no more than starting Python.
-    """
-    import run_lock
-
-    if not live_marker(invocation.plugin_dir).exists():
-        return QuickHookAnswer("off", "liveCache is off (a change of the setting takes effect "
-                                      "with the next cache sync or Cache: Status run)")
-    if run_lock.is_held(invocation.plugin_dir / "data" / TAG_SYNC_LOCK_NAME):
-        return QuickHookAnswer("deferred", "a scene tag sync is running; the next cache sync mirrors its changes")
-    return None
+    document = {"server_connection": {"PluginDir": str(invocation.plugin_dir)}, "args": dict(invocation.args)}
+    answer = hook_gate.idle_hook_answer(document)
+    return QuickHookAnswer(answer["status"], answer["reason"]) if answer else None
 
 
 def execute(invocation: Invocation, progress: Callable[[float], None]) -> Any:
@@ -329,4 +336,4 @@ def main(argv: list[str] | None = None, stdin_text: str | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(stdin_text=STDIN_TEXT))
