@@ -553,8 +553,10 @@ def run_cache_sync_scene(ctx: Any) -> SceneSyncResult:
         raise CacheLockedError(f"Scene {scene_id} was not written: {stats.reason}.")
     if stats.found:
         status = "updated" if stats.upserted else "unchanged"
+    elif stats.deleted:
+        status = "deleted"
     else:
-        status = "deleted" if stats.deleted else "not_found"
+        raise SettingsError(f"Scene {scene_id} does not exist in Stash (nor in the cache): check the id.")
     return SceneSyncResult(scene_id, status, stats.upserted, stats.deleted, stats.reread, stats.derived_refreshed,
                            stats.requests, round(time.monotonic() - started, 3), str(db_path))
 

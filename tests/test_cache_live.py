@@ -399,7 +399,10 @@ def test_sync_one_scene(synced, world, fake, clock, stash, tmp_path):
     world.delete_entity("scene", 11)
     result = cache_live.run_cache_sync_scene(ctx_for(stash, synced, {"id": 11}))
     assert result.status == "deleted" and scene_title(synced, 11) is None
-    assert cache_live.run_cache_sync_scene(ctx_for(stash, synced, {"id": "11"})).status == "not_found"
+    before = snapshot(synced)
+    run = run_plugin(stash_document(fake, tmp_path, None, mode="cache_sync_scene", id="11"))
+    assert run.returncode == 1 and "Scene 11 does not exist" in run.document["error"]
+    assert "\n" not in run.document["error"] and snapshot(synced) == before
     run = run_plugin(stash_document(fake, tmp_path, None, mode="cache_sync_scene"))
     assert run.returncode == 1 and "scene id" in run.document["error"]
     assert parse_command_line(["cache_sync_scene", "--id", "5"]).args["id"] == "5"
