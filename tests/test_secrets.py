@@ -84,3 +84,22 @@ def test_reprs_hide_keys():
     box = StashBox("https://stashdb.org/graphql", STASHDB_API_KEY, "StashDB", 240)
     for text in (repr(client), str(client), repr(box), repr(StashClient(requests.Session(), "http://x"))):
         assert STASHDB_API_KEY not in text
+
+
+def test_live_cache_modes_never_show_a_secret(secret_servers, tmp_path):
+    world = secret_servers.library.world
+    world.plugin_settings["tagManager"] = {"liveCache": True}
+    runs = [run_plugin(document(secret_servers, tmp_path, "cache_full_sync")),
+            run_plugin(document(secret_servers, tmp_path, "cache_status"))]
+    scene = min(world.table("scene"))
+    runs.append(run_plugin(document(secret_servers, tmp_path, "cache_hook", hookContext={
+        "id": scene, "type": "Scene.Update.Post", "input": None, "inputFields": []})))
+    runs.append(run_plugin(document(secret_servers, tmp_path, "cache_sync_scene", id=str(scene))))
+    secret_servers.stash.fail_next(3, status=500)
+    runs.append(run_plugin(document(secret_servers, tmp_path, "cache_hook", hookContext={
+        "id": scene, "type": "Scene.Update.Post", "input": None, "inputFields": []})))
+    assert runs[2].document["output"]["status"] == "applied"
+    for run in runs:
+        for secret in SECRETS:
+            assert secret not in run.stdout + run.stderr
+            assert secret.encode() not in files_text(tmp_path)
