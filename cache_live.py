@@ -277,15 +277,10 @@ def not_ready_reason(db_path: Path) -> str | None:
 
 
 def _lock_holder_alive(db_path: Path) -> bool:
-    """Whether the process that last took the sync lock is still alive (its pid is in the lock file)."""
-    try:
-        text = Path(str(db_path) + ".lock").read_text(errors="replace").split()
-        pid = int(text[0])
-    except (OSError, ValueError, IndexError):
-        return False
+    """Whether a sync holds the cache's lock right now (the OS lock itself, so a reused pid cannot fool it)."""
     import run_lock
 
-    return run_lock.process_alive(pid)
+    return run_lock.is_held(Path(str(db_path) + ".lock"))
 
 
 def sync_marker(conn: sqlite3.Connection, db_path: Path) -> tuple[int, str] | None:
