@@ -501,20 +501,6 @@ def open_cache(db_path: Path, writer: bool = True) -> sqlite3.Connection:
     return conn
 
 
-LOCK_ATTEMPTS = 5
-LOCK_RETRY_PAUSE_S = 0.05
-
-
-def _lock_within_attempts(fd: int) -> bool:
-    """Take the lock, trying a few times: a hook probes it for an instant to see whether a sync runs."""
-    for attempt in range(LOCK_ATTEMPTS):
-        if run_lock.try_lock(fd):
-            return True
-        if attempt < LOCK_ATTEMPTS - 1:
-            time.sleep(LOCK_RETRY_PAUSE_S)
-    return False
-
-
 class CacheLock:
     """Exclusive ``flock`` on ``<cache>.lock``; the kernel drops it when the holder dies (even SIGKILL)."""
 
@@ -530,7 +516,7 @@ class CacheLock:
         except OSError as exc:
             raise CacheError(f"Cannot create the cache lock file {self.path} ({exc.strerror or exc}). "
                              "Set cacheDbPath to a writable location.") from None
-        if not _lock_within_attempts(fd):
+        if not run_lock.lock_within(fd):
             holder = _read_holder(fd)
             os.close(fd)
             raise CacheLockedError(

@@ -40,6 +40,16 @@ def try_lock(fd: int) -> bool:
     return True
 
 
+def lock_within(fd: int, attempts: int = 5, pause_s: float = 0.05) -> bool:
+    """``try_lock`` a few times: another process may be probing the lock (``is_held``) for an instant."""
+    for attempt in range(attempts):
+        if try_lock(fd):
+            return True
+        if attempt < attempts - 1:
+            time.sleep(pause_s)
+    return False
+
+
 def unlock(fd: int) -> None:
     """Release a lock taken with ``try_lock`` (closing the file releases it too)."""
     if fcntl is not None:
@@ -96,12 +106,8 @@ def exclusive(path: Path, attempts: int = 5, pause_s: float = 0.05) -> Iterator[
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        for attempt in range(attempts):
-            if try_lock(fd):
-                break
-            if attempt == attempts - 1:
-                raise LockHeld(holder_pid(path))
-            time.sleep(pause_s)
+        if not lock_within(fd, attempts, pause_s):
+            raise LockHeld(holder_pid(path))
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         yield
