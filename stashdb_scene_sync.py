@@ -335,12 +335,18 @@ class SceneTagSync:
         try:
             fallbacks = self.fingerprint_pass(scene_ids)
             self.id_pass(fallbacks)
-        finally:
-            if not self.dry_run:
-                self.writer.flush()
+        except StashDBError:
+            self.flush()  # the writes already decided still land when StashDB gives out
+            raise
+        self.flush()
         report_path = self.try_write_report() if self.dry_run else None
         self.progress(1.0)
         return self.result(self.clock() - started, report_path)
+
+    def flush(self) -> None:
+        """Write the pending tag groups (nothing in a dry run)."""
+        if not self.dry_run:
+            self.writer.flush()
 
     def fingerprint_pass(self, scene_ids: Sequence[int]) -> list[SceneWork]:
         """Pass 1: look scenes up 40 at a time by fingerprint; return those needing pass 2."""

@@ -97,3 +97,26 @@ def test_many_stashdb_graphql_errors_in_a_row_do_not_stop_the_run(servers, tmp_p
     servers.stashdb.fail_next(6, status=200, body=GRAPHQL_ERROR)  # 6 of the 7 fingerprint batches
     result = sync(servers, tmp_path)
     assert result.errors == 6 and result.tags_added > 0
+
+
+def test_writes_decided_before_stashdb_gives_out_still_land(servers, tmp_path):
+    """StashDB answers three fingerprint batches, then drops every connection: the run stops, and
+    the tags decided from those three batches are written before it does."""
+    from tag_manager import run_sync_scene_tags
+    from tests.test_scene_tag_sync import context
+    from tm_errors import StashDBUnavailable
+
+    before = scene_tags(servers)
+    answered = []
+    original = servers.stashdb.execute
+
+    def answer_three_then_drop(payload):
+        if len(answered) >= 3:
+            raise ConnectionResetError("StashDB went away")
+        answered.append(payload)
+        return original(payload)
+
+    servers.stashdb.execute = answer_three_then_drop
+    with pytest.raises(StashDBUnavailable, match="in a row"):
+        run_sync_scene_tags(context(servers, tmp_path))
+    assert changes(servers, before), "the tags decided from the first batches were written"
