@@ -14,7 +14,6 @@ from typing import Any
 
 from tm_errors import SettingsError
 
-DEFAULT_STASHDB_MARKER = "stashdb.org"
 TRUE_WORDS = {"true", "1", "yes", "on"}
 FALSE_WORDS = {"false", "0", "no", "off", ""}
 

@@ -21,6 +21,7 @@ from tm_errors import SettingsError, StashAuthError, StashError, StashQueryError
 log = logging.getLogger(__name__)
 
 PLUGIN_ID = "tagManager"
+STASHDB_MARKER = "stashdb.org"  # the default stash-box is the one whose endpoint contains this
 MAX_PER_PAGE = 1000  # Stash caps per_page at 1000 (except -1, "all")
 RETRY_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0)
 RETRYABLE_STATUS = {500, 502, 503, 504}
@@ -325,4 +326,4 @@ def select_stash_box(boxes: list[StashBox], wanted_endpoint: str = "") -> StashB
             f"Setting stashBoxEndpoint is {wanted_endpoint!r}, which is not a stash-box configured in Stash "
             f"(configured: {known}). Fix the setting or clear it to use StashDB."
         )
-    return next((b for b in boxes if "stashdb.org" in b.endpoint.lower()), boxes[0])
+    return next((b for b in boxes if STASHDB_MARKER in b.endpoint.lower()), boxes[0])

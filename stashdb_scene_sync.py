@@ -189,12 +189,10 @@ class SceneWork:
 
 @dataclass
 class SceneOutcome:
-    """Tags one scene gains and what could not be used (for the log and the report)."""
+    """Tags one scene gains and the StashDB tag names without a local match (for the log and report)."""
 
     add: tuple[LocalTag, ...]
     unmatched: tuple[str, ...]
-    blacklisted: int
-    deleted: int
 
 
 def add_tags_input(tag_ids: frozenset[int], scene_ids: Sequence[int]) -> dict:
@@ -485,7 +483,7 @@ class SceneTagSync:
             elif local.id not in scene.tag_ids:
                 add[local.id] = local
         self.count_outcome(unmatched, blacklisted, deleted)
-        return SceneOutcome(tuple(add.values()), tuple(unmatched), blacklisted, deleted)
+        return SceneOutcome(tuple(add.values()), tuple(unmatched))
 
     def count_outcome(self, unmatched: list[str], blacklisted: int, deleted: int) -> None:
         """Add one scene's skipped tags to the run's tallies."""

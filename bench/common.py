@@ -37,7 +37,6 @@ MUTATION_OPERATION = "TagSyncAddTags"
 BATCH_MUTATION_OPERATION = "TagSyncAddTagsBatch"  # aliased bulkSceneUpdate fields, one per tag set
 PASS2_KINDS = ("fallback", "wrong_hit", "missing")  # scenes that need a by-id look-up
 LINKED_KINDS = ("normal", "fallback", "wrong_hit", "deleted", "missing")
-MATCHED_KINDS = ("normal", "fallback", "wrong_hit")
 LEVEL_NAMES = {"t": "TRACE", "d": "DEBUG", "i": "INFO", "w": "WARN", "e": "ERROR"}
 HOST_START_TIMEOUT_S = 900.0
 
@@ -112,7 +111,7 @@ class Fakes:
         with self.world.lock:
             after = scene_tags(self.world)
         changes = tag_changes(self.before, after)
-        expected = expected_additions(self.library, self.before)
+        expected = self.library.expected_tag_additions(self.before)
         wrong = [sid for sid in set(expected) | set(changes["added"])
                  if set(expected.get(sid, ())) != set(changes["added"].get(sid, ()))]
         ops = dict(self.stashdb.operations)
@@ -156,24 +155,6 @@ def tag_changes(before: Mapping[int, tuple[int, ...]], after: Mapping[int, tuple
         "distinct_tag_sets": len(groups), "largest_tag_set_group": max(groups.values(), default=0),
         "groups": sorted(groups.values(), reverse=True), "added": added,
     }
-
-
-def expected_additions(library, before: Mapping[int, tuple[int, ...]]) -> dict[int, frozenset[int]]:
-    """From the generator's bookkeeping: the tags each linked scene must gain (as Stash's Tagger matches)."""
-    expected = {}
-    for sid, kind in library.scene_kind.items():
-        if kind not in MATCHED_KINDS:
-            continue
-        gain = set()
-        for tag in library.stashdb["scenes"][library.scene_link[sid]]["tags"]:
-            matches = library.tag_matches[tag["id"]]
-            candidates = matches["link"] or matches["name"] or matches["alias"]
-            if not tag["deleted"] and candidates:
-                gain.add(min(candidates))
-        gain -= set(before[sid])
-        if gain:
-            expected[sid] = frozenset(gain)
-    return expected
 
 
 def serve_host(argv: list[str]) -> int:

@@ -49,15 +49,14 @@ def test_stashdb_401_stops_the_run(servers, tmp_path):
         sync(servers, tmp_path)
 
 
-def test_stash_mutation_error_is_isolated_to_one_scene(servers, tmp_path):
+def test_rejected_batch_mutation_is_retried_field_by_field(servers, tmp_path):
+    """Stash rejects a whole batch request once: every group in it is written on its own instead."""
     expected, before = expected_additions(servers), scene_tags(servers)
-    error = json.dumps({"errors": [{"message": "scene with id 999 not found"}], "data": None})
+    error = json.dumps({"errors": [{"message": "database is busy elsewhere"}], "data": None})
     servers.stash.fail_next(1, status=200, body=error, operation="TagSyncAddTagsBatch")
     result = sync(servers, tmp_path)
-    got = changes(servers, before)
-    assert result.errors <= 1
-    assert got.items() <= expected.items()
-    assert len(expected) - len(got) == result.errors
+    assert changes(servers, before) == expected
+    assert result.errors == 0 and servers.stash.count("TagSyncAddTags") > 0
 
 
 def test_deleted_scene_and_tag_on_stashdb_are_left_alone(servers, tmp_path):

@@ -15,7 +15,6 @@ from tests.conftest import Servers
 from tm_errors import AuthError, StashDBUnavailable
 
 LINKED_KINDS = ("normal", "fallback", "wrong_hit", "deleted", "missing")
-MATCHED_KINDS = ("normal", "fallback", "wrong_hit")
 
 
 def scene_tags(servers: Servers) -> dict[int, set[int]]:
@@ -35,23 +34,7 @@ def local_name(servers: Servers, tag_id: int) -> str:
 
 def expected_additions(servers: Servers, blacklisted=lambda name: False) -> dict[int, set[int]]:
     """Oracle from the generator's own bookkeeping: tags each linked scene must gain."""
-    lib = servers.library
-    before = scene_tags(servers)
-    expected = {}
-    for sid, kind in lib.scene_kind.items():
-        if kind not in MATCHED_KINDS:
-            continue
-        gain = set()
-        for tag in lib.stashdb["scenes"][lib.scene_link[sid]]["tags"]:
-            matches = lib.tag_matches[tag["id"]]
-            candidates = matches["link"] or matches["name"] or matches["alias"]
-            if tag["deleted"] or not candidates or blacklisted(tag["name"]):
-                continue
-            if not blacklisted(local_name(servers, min(candidates))):
-                gain.add(min(candidates))
-        if gain - before[sid]:
-            expected[sid] = gain - before[sid]
-    return expected
+    return servers.library.expected_tag_additions(scene_tags(servers), blacklisted)
 
 
 def no_sleep(seconds: float) -> None:

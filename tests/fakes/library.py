@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from tests.fakes.fake_stash import World
 
 OTHER_ENDPOINT = "https://fansdb.cc/graphql"
+MATCHED_KINDS = ("normal", "fallback", "wrong_hit")  # linked scenes whose StashDB scene the sync finds
 
 _ADJ = ("Red", "Blue", "Green", "Golden", "Silver", "Dark", "Bright", "Quiet", "Loud",
         "Rainy", "Sunny", "Misty", "Urban", "Rural", "Vintage", "Modern", "Classic",
@@ -94,6 +95,26 @@ class Library:
 
     def scenes_of_kind(self, kind: str) -> list[int]:
         return sorted(i for i, k in self.scene_kind.items() if k == kind)
+
+    def expected_tag_additions(self, before, blacklisted=lambda name: False) -> dict[int, set[int]]:
+        """The oracle of the scene tag sync, from the generator's own bookkeeping: the local tags
+        each linked scene must gain (StashID link, then name, then alias, lowest id), given the
+        scenes' tag ids ``before`` and a predicate for blacklisted tag names."""
+        expected = {}
+        for sid, kind in self.scene_kind.items():
+            if kind not in MATCHED_KINDS:
+                continue
+            gain = set()
+            for tag in self.stashdb["scenes"][self.scene_link[sid]]["tags"]:
+                matches = self.tag_matches[tag["id"]]
+                candidates = matches["link"] or matches["name"] or matches["alias"]
+                if tag["deleted"] or not candidates or blacklisted(tag["name"]):
+                    continue
+                if not blacklisted(self.world.get("tag", min(candidates))["name"]):
+                    gain.add(min(candidates))
+            if gain - set(before[sid]):
+                expected[sid] = gain - set(before[sid])
+        return expected
 
 
 class _Names:
