@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench stress clean
+.PHONY: test demo bench stress package clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,11 @@ bench: $(STAMP)
 	$(PY) bench/bench_cache.py
 	$(PY) bench/bench_hook.py
 
+package: $(STAMP)
+	$(PY) -m tools.package_source --out dist
+
 stress: $(STAMP)
 	$(PY) -m pytest -q -m stress tests
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis dist
