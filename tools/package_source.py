@@ -128,7 +128,7 @@ def build(out_dir: Path, root: Path = ROOT) -> BuiltSource:
     write_zip(root, files, zip_path, when)
     entry = package_entry(manifest, package_id, when, zip_path.name, sha256_of(zip_path))
     index_path = out_dir / INDEX_NAME
-    index_path.write_text(yaml.safe_dump([entry], sort_keys=False, allow_unicode=True), encoding="utf-8")
+    index_path.write_text(yaml.safe_dump([entry], sort_keys=False, allow_unicode=True, width=1000), encoding="utf-8")
     return BuiltSource(index_path, zip_path, entry, tuple(files))
 
 
