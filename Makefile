@@ -3,28 +3,34 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench stress clean
+.PHONY: test demo bench stress package clean
 
 $(PY):
-	$(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -m venv $(VENV)
 
+# Quiet on success (pip's notices would bury the first lines of `make demo`); the whole log on failure.
 $(STAMP): $(PY) requirements.txt requirements-dev.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-	touch $(STAMP)
+	@echo "Installing requirements-dev.txt into $(VENV) ..."
+	@log=$$(mktemp) && PIP_ROOT_USER_ACTION=ignore $(PY) -m pip install --quiet --disable-pip-version-check \
+		-r requirements-dev.txt > $$log 2>&1 || { cat $$log; rm -f $$log; exit 1; }; rm -f $$log
+	@touch $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) -m bench.demo
+	@$(PY) -m bench.demo
 
 bench: $(STAMP)
 	$(PY) bench/bench_tag_sync.py
 	$(PY) bench/bench_cache.py
 	$(PY) bench/bench_hook.py
 
+package: $(STAMP)
+	@$(PY) -m tools.package_source --out dist
+
 stress: $(STAMP)
 	$(PY) -m pytest -q -m stress tests
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis dist

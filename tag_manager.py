@@ -39,7 +39,6 @@ from settings import Settings
 from tm_errors import RunLockedError, SettingsError, TagManagerError
 
 PLUGIN_DIR = Path(__file__).resolve().parent
-RUNTIME_REQUIREMENTS = ("requests", "stashapi")
 TRUE_WORDS = {"true", "1", "yes", "on"}
 # Aim 2 % under the stash-box limit: scheduling jitter must never make two requests look too close.
 RATE_SAFETY_FACTOR = 0.98
@@ -214,16 +213,10 @@ LEAN_MODES = {"cache_hook", "cache_sync_scene", "cache_status", "cache_watch"}  
 
 
 def check_runtime_dependencies() -> None:
-    """Fail with the pip command to run when a runtime dependency is missing."""
-    import importlib.util
+    """Make requests and stashapi importable (through PythonDepManager when needed) or fail with the pip command."""
+    import plugin_deps
 
-    missing = [name for name in RUNTIME_REQUIREMENTS if importlib.util.find_spec(name) is None]
-    if missing:
-        packages = " ".join("stashapp-tools" if m == "stashapi" else m for m in missing)
-        raise SettingsError(
-            f"Missing Python package(s) for tagManager: {', '.join(missing)}. Install them into the Python "
-            f"that Stash uses: {sys.executable} -m pip install {packages}"
-        )
+    plugin_deps.ensure_runtime_dependencies()
 
 
 def live_marker(plugin_dir: Path) -> Path:

@@ -1,12 +1,14 @@
-"""Demo: the scene tag sync against a fake Stash and a fake StashDB, run exactly as Stash runs it.
+"""Demo: both jobs against a fake Stash and a fake StashDB, run exactly as Stash runs them.
 
     .venv/bin/python -m bench.demo [--scenes 2000] [--seed 1] [--rate 600]
 
 Generates a sample library, serves it on loopback, then runs ``python tag_manager.py`` with the
-JSON document Stash writes to a plugin's stdin: first a preview (dry run), then the real sync.
-Prints the plugin's log readably, the preview CSV, each run's summary, and finally checks the fake
-Stash's data: no scene lost a tag and every scene gained exactly the tags Stash's Tagger would give
-it. Exits non-zero when anything is off.
+JSON document Stash writes to a plugin's stdin. Scene tag sync: a preview (dry run), then the real
+sync, checked against the fake Stash's data (no scene lost a tag; every scene gained exactly the
+tags Stash's Tagger would give it). Cache: a full sync, an edit saved in the fake Stash, a smart
+sync that must pick up exactly that edit, "Cache: Status", and the README's first example query on
+the mirror, each checked against the fake Stash (``bench/demo_cache.py``). Exits non-zero when
+anything is off.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from bench.common import (  # noqa: E402
     run_plugin_streaming,
     start_fakes,
 )
+from bench.demo_cache import DEMO_TAG, add_demo_tag, run_cache_demo  # noqa: E402
 
 CSV_LINES_SHOWN = 6
 SUMMARY_FIELDS = ("scenes_seen", "matched_by_fingerprint", "matched_by_id", "not_found", "deleted_on_stashdb",
@@ -77,46 +80,9 @@ def show_csv(path_text: str | None, problems: list[str]) -> None:
         print("    ...")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenes", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--rate", type=float, default=600, help="StashDB requests per minute")
-    args = parser.parse_args(argv)
-    problems: list[str] = []
-
-    banner(f"Generating a library of {args.scenes} scenes (seed {args.seed})")
-    fakes = start_fakes(args.scenes, seed=args.seed, rate_per_minute=args.rate)
-    try:
-        info = fakes.info()
-        print(f"  {info['scenes']} scenes, {info['linked']} linked to the fake StashDB; kinds: {info['kinds']}")
-        print(f"  fake Stash    http://127.0.0.1:{fakes.stash.port}/graphql")
-        print(f"  fake StashDB  {fakes.stashdb.url}  (enforces {args.rate:g} requests/min)")
-
-        with tempfile.TemporaryDirectory(prefix="tagmanager-demo-") as tmp:
-            plugin_dir = Path(tmp)
-            print(f"  PluginDir     {plugin_dir}")
-
-            fakes.snapshot()
-            preview = run("Preview (dry run)", plugin_stdin(fakes.stash.port, plugin_dir, dry_run=True), problems)
-            if preview:
-                show_csv(preview.get("report_path"), problems)
-            unchanged = fakes.report()
-            if unchanged["stash_mutations"] or unchanged["scenes_changed"]:
-                problems.append(f"preview changed data: {unchanged['stash_mutations']} mutations, "
-                                f"{unchanged['scenes_changed']} scenes changed")
-            if unchanged["stashdb_throttled"]:
-                problems.append(f"preview: StashDB answered 429 {unchanged['stashdb_throttled']} times")
-
-            fakes.snapshot()
-            started = time.perf_counter()
-            applied = run("Sync", plugin_stdin(fakes.stash.port, plugin_dir), problems)
-            elapsed = time.perf_counter() - started
-            report = fakes.report()
-    finally:
-        fakes.stop()
-
-    banner("Checking the fake Stash's data")
+def check_tag_sync(report: dict, applied: dict, elapsed: float, problems: list[str]) -> None:
+    """Compare the fake Stash's data with what the generator expects and with the sync's own summary."""
+    banner("Checking the fake Stash's data after the tag sync")
     print(f"  scenes that lost a tag            {report['scenes_lost_tags']}")
     print(f"  scenes that gained tags           {report['scenes_changed']}  (expected {report['expected_scenes']})")
     print(f"  tags added                        {report['tags_added']}  (expected {report['expected_tags']})")
@@ -143,12 +109,63 @@ def main(argv: list[str] | None = None) -> int:
     if report["stash_mutations"] > report["distinct_tag_sets"]:
         problems.append(f"{report['stash_mutations']} mutations for {report['distinct_tag_sets']} distinct tag sets")
 
+
+def run_tag_sync(fakes, plugin_dir: Path, problems: list[str]) -> None:
+    """Preview, then the real sync, each checked against the fakes."""
+    fakes.snapshot()
+    preview = run("Preview (dry run)", plugin_stdin(fakes.stash.port, plugin_dir, dry_run=True), problems)
+    if preview:
+        show_csv(preview.get("report_path"), problems)
+    unchanged = fakes.report()
+    if unchanged["stash_mutations"] or unchanged["scenes_changed"]:
+        problems.append(f"preview changed data: {unchanged['stash_mutations']} mutations, "
+                        f"{unchanged['scenes_changed']} scenes changed")
+    if unchanged["stashdb_throttled"]:
+        problems.append(f"preview: StashDB answered 429 {unchanged['stashdb_throttled']} times")
+
+    fakes.snapshot()
+    started = time.perf_counter()
+    applied = run("Sync", plugin_stdin(fakes.stash.port, plugin_dir), problems)
+    check_tag_sync(fakes.report(), applied, time.perf_counter() - started, problems)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenes", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rate", type=float, default=600, help="StashDB requests per minute")
+    args = parser.parse_args(argv)
+    problems: list[str] = []
+    demo_started = time.perf_counter()
+
+    banner(f"Generating a library of {args.scenes} scenes (seed {args.seed})")
+    fakes = start_fakes(args.scenes, seed=args.seed, rate_per_minute=args.rate)
+    try:
+        demo_tag = add_demo_tag(fakes.world)
+        info = fakes.info()
+        print(f"  {info['scenes']} scenes, {info['linked']} linked to the fake StashDB; kinds: {info['kinds']}")
+        print(f"  tag {DEMO_TAG!r} on scenes {', '.join(map(str, demo_tag.scene_ids))}, performer "
+              f"{demo_tag.performer_id} and studio {demo_tag.studio_id}")
+        print(f"  fake Stash    http://127.0.0.1:{fakes.stash.port}/graphql")
+        print(f"  fake StashDB  {fakes.stashdb.url}  (enforces {args.rate:g} requests/min)")
+
+        with tempfile.TemporaryDirectory(prefix="tagmanager-demo-") as tmp:
+            plugin_dir = Path(tmp)
+            print(f"  PluginDir     {plugin_dir}")
+            run_tag_sync(fakes, plugin_dir, problems)
+            run_cache_demo(fakes, plugin_dir, demo_tag, problems)
+    finally:
+        fakes.stop()
+
     if problems:
         banner("FAILED")
         for problem in problems:
             print(f"  - {problem}")
         return 1
-    banner("OK: no scene lost a tag; every scene gained exactly the expected tags")
+    banner(f"OK in {time.perf_counter() - demo_started:.0f} s: tag sync exact, cache exact")
+    print("  Tag sync: no scene lost a tag; every scene gained exactly the expected tags.")
+    print("  Cache: the full sync mirrored every entity; the smart sync picked up exactly the one edit;")
+    print("  Cache: Status shows nothing pending; the README query returns exactly the expected scenes.")
     return 0
 
 

@@ -188,5 +188,5 @@ def test_missing_dependency_names_the_pip_command(monkeypatch):
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "stashapi" else real_find_spec(name))
-    with pytest.raises(SettingsError, match=r"-m pip install stashapp-tools"):
+    with pytest.raises(SettingsError, match=r"-m pip install .*stashapp-tools"):
         tag_manager.check_runtime_dependencies()
