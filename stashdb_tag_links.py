@@ -54,11 +54,6 @@ query TagLinkTagsById($ids: [ID!], $filter: FindFilterType) {{
   findTags(ids: $ids, filter: $filter) {{ count tags {{ {TAG_FIELDS} }} }}
 }}"""
 
-SET_STASH_IDS_MUTATION = """
-mutation TagLinkSetStashIds($input: TagUpdateInput!) {
-  tagUpdate(input: $input) { id }
-}"""
-
 
 @dataclass(frozen=True)
 class TagIndex:

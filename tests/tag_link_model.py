@@ -18,13 +18,13 @@ def ascii_lower(text: str) -> str:
 def oracle(local_tags: list[dict], remote_tags: list[dict], endpoint: str) -> dict[int, tuple[str, list[str]]]:
     """Local tag id -> (reason, candidate StashDB ids) for every tag without a StashID for the endpoint."""
     plan = {}
+    live = [(r["id"], [ascii_lower(text) for text in [r["name"], *r.get("aliases", ())] if text])
+            for r in remote_tags if not r.get("deleted")]
     for tag in local_tags:
         if any(s["endpoint"] == endpoint for s in tag.get("stash_ids") or ()):
             continue
-        own = [text for text in [tag["name"], *tag.get("aliases", ())] if text]
-        hits = sorted({r["id"] for r in remote_tags if not r.get("deleted")
-                       for theirs in [r["name"], *r.get("aliases", ())] if theirs
-                       for mine in own if ascii_lower(mine) == ascii_lower(theirs)})
+        own = [ascii_lower(text) for text in [tag["name"], *tag.get("aliases", ())] if text]
+        hits = sorted({remote_id for remote_id, theirs in live if any(mine == other for mine in own for other in theirs)})
         if not hits:
             plan[int(tag["id"])] = ("unmatched", [])
         elif len(hits) > 1:
