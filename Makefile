@@ -22,6 +22,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_tag_sync.py
 	$(PY) bench/bench_cache.py
 	$(PY) bench/bench_hook.py
+	$(PY) bench/bench_tag_links.py
 
 stress: $(STAMP)
 	$(PY) -m pytest -q -m stress tests
