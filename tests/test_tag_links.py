@@ -397,3 +397,33 @@ def test_preview_then_link_through_stdin(linkable, tmp_path):
         assert secret not in run.stdout + run.stderr + preview.stdout + preview.stderr
         assert secret not in Path(output["report_path"]).read_text(encoding="utf-8")
     json.loads(run.stdout)
+
+
+def test_a_second_link_run_is_refused_while_one_runs(servers, tmp_path):
+    import run_lock
+    from stashdb_tag_links import TAG_LINK_LOCK
+    from tm_errors import RunLockedError
+
+    before = tag_rows(servers)
+    with run_lock.exclusive(tmp_path / TAG_LINK_LOCK):
+        with pytest.raises(RunLockedError, match="A tag link run is already running"):
+            run_link_tags(context(servers, tmp_path))
+        assert run_link_tags(context(servers, tmp_path, dry_run=True)).dry_run  # a preview writes nothing: allowed
+    assert tag_rows(servers) == before
+
+
+def test_stashdb_failing_stops_the_run_before_any_write(servers, tmp_path):
+    from tm_errors import StashDBUnavailable
+
+    before = tag_rows(servers)
+    servers.stashdb.fail_next(4, status=502)
+    with pytest.raises(StashDBUnavailable, match="QueryTags"):
+        linker(servers, tmp_path, page_size=10).run()
+    assert tag_rows(servers) == before and servers.stash.count("TagLinkSetStashIdsBatch") == 0
+
+
+def test_stashdb_graphql_error_is_reported_through_stdin(servers, tmp_path):
+    servers.stashdb.fail_next(1, status=200, body=json.dumps({"errors": [{"message": "not authorized"}], "data": None}))
+    run = run_plugin(link_input(servers, tmp_path))
+    assert run.returncode == 1 and "not authorized" in run.document["error"]
+    assert servers.stash.count("TagLinkSetStashIdsBatch") == 0
