@@ -48,7 +48,7 @@ local_strategy = st.lists(
 remote_strategy = st.lists(st.tuples(TEXTS.filter(bool), st.lists(TEXTS, max_size=3), st.booleans()), max_size=8)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(local_strategy, remote_strategy)
 def test_linking_rules_equal_a_brute_force_model(local_spec, remote_spec):
     local_tags = [{"id": str(i + 1), "name": name, "aliases": aliases,
