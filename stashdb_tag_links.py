@@ -38,7 +38,6 @@ TAG_PAGE_SIZE = 1000  # stash-box has no cap on per_page; 20,000 tags cost 20 re
 LOCAL_TAG_PAGE_SIZE = 1000
 LINK_BATCH = 50  # tags re-read and written per request pair
 TAG_LINK_LOCK = Path("data") / "tag_link.lock"
-REASONS = ("name", "alias", "ambiguous", "unmatched")
 REPORT_HEADER = ["local_tag_id", "local_tag_name", "stashdb_tag_id", "stashdb_tag_name", "reason",
                  "candidates", "action"]
 
@@ -79,7 +78,7 @@ class Proposal:
 
     tag_id: int
     tag_name: str
-    reason: str  # one of REASONS
+    reason: str  # "name", "alias", "ambiguous" or "unmatched"
     candidates: tuple[StashDBTag, ...] = ()  # the one to link (name/alias), or the ambiguous ones
 
     @property
@@ -189,21 +188,27 @@ class TagLinker:
         self.wall_clock = wall_clock
         self.counters: Counter = Counter()  # TagLinkResult field name -> count
         self.actions: dict[int, str] = {}  # local tag id -> what happened to it
+        self.reported = 0.0
 
     def run(self) -> TagLinkResult:
         """Read both tag lists, classify, link (unless previewing) and report."""
         started = self.clock()
         index = TagIndex.build(self.read_stashdb_tags())
-        self.progress(0.4)
+        self.advance(0.4)
         local_tags = self.read_local_tags()
         proposals = plan_links(local_tags, index, self.endpoint)
         self.count_plan(local_tags, proposals)
-        self.progress(0.5)
+        self.advance(0.5)
         if not self.dry_run:
             self.link(proposals, index)
         report_path = self.try_write_report(proposals)
         self.progress(1.0)
         return self.result(len(index.tags), self.clock() - started, report_path)
+
+    def advance(self, fraction: float) -> None:
+        """Report progress; it never goes back (a re-read of StashDB's tags starts its count over)."""
+        self.reported = max(self.reported, fraction)
+        self.progress(self.reported)
 
     def read_stashdb_tags(self) -> list[StashDBTag]:
         """Every live tag of the box, page by page; a list that changes while it is read is read again."""
@@ -227,7 +232,7 @@ class TagLinker:
             tags.update((tag.id, tag) for tag in answer.tags)
             seen += len(answer.tags)
             if count:
-                self.progress(0.4 * min(1.0, seen / count))
+                self.advance(0.4 * min(1.0, seen / count))
             if not answer.tags or seen >= count:
                 return tags, count
             page += 1
@@ -259,7 +264,7 @@ class TagLinker:
         log.info(f"Linking {len(to_link)} tags to {self.endpoint}")
         for done, batch in enumerate(chunked(to_link, self.batch_size), start=1):
             self.link_batch(batch, index)
-            self.progress(0.5 + 0.5 * min(1.0, done * self.batch_size / len(to_link)))
+            self.advance(0.5 + 0.5 * min(1.0, done * self.batch_size / len(to_link)))
 
     def link_batch(self, batch: Sequence[Proposal], index: TagIndex) -> None:
         """Re-read a batch of tags and write the links that still hold, in one request."""

@@ -215,10 +215,12 @@ def test_tag_list_changing_while_read_is_read_again(servers, tmp_path):
                                                               "deleted": False}
             return answer
 
-    run = linker(servers, tmp_path, dry_run=True, page_size=10)
+    progress: list[float] = []
+    run = linker(servers, tmp_path, dry_run=True, page_size=10, progress=progress.append)
     run.stashdb = GrowingClient(run.stashdb.endpoint, STASHDB_API_KEY, paced(), sleep=lambda s: None)
     result = run.run()
     assert result.stashdb_tags == live_before + 1
+    assert progress == sorted(progress) and progress[-1] == 1.0  # the re-read never moves the bar back
     assert servers.stashdb.operations["QueryTags"] == math.ceil(live_before / 10) + math.ceil((live_before + 1) / 10)
 
 
