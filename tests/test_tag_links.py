@@ -429,3 +429,13 @@ def test_stashdb_graphql_error_is_reported_through_stdin(servers, tmp_path):
     run = run_plugin(link_input(servers, tmp_path))
     assert run.returncode == 1 and "not authorized" in run.document["error"]
     assert servers.stash.count("TagLinkSetStashIdsBatch") == 0
+
+
+def test_manifest_declares_both_tasks():
+    import yaml
+
+    from tests.conftest import ROOT
+
+    tasks = {task["name"]: task["defaultArgs"] for task in yaml.safe_load((ROOT / "tagManager.yml").read_text())["tasks"]}
+    assert tasks["Preview Tag Links"] == {"mode": "link_tags", "dry_run": "true"}
+    assert tasks["Link Tags to StashDB"] == {"mode": "link_tags"}
