@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_tag_sync.py
 	$(PY) bench/bench_cache.py
 	$(PY) bench/bench_hook.py
+	$(PY) bench/bench_tag_links.py
 
 package: $(STAMP)
 	@$(PY) -m tools.package_source --out dist

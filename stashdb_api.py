@@ -36,6 +36,16 @@ FIND_SCENE_QUERY = (
     "}"
 )
 
+TAG_LIST_SELECTION = "id name aliases deleted"
+
+# stash-box lists live tags only (deleted ones never), ordered by the sort field with LIMIT/OFFSET
+# paging and no cap on per_page; names are unique among live tags, so NAME gives a total order.
+QUERY_TAGS_QUERY = (
+    "query QueryTags($input: TagQueryInput!) {\n"
+    f"  queryTags(input: $input) {{ count tags {{ {TAG_LIST_SELECTION} }} }}\n"
+    "}"
+)
+
 AUTH_MESSAGE = (
     "StashDB rejected the API key (HTTP {status}). "
     "Check the API key under Settings › Metadata Providers › Stash-box Endpoints."
@@ -116,6 +126,14 @@ class StashDBScene:
 
     id: str
     deleted: bool
+    tags: tuple[StashDBTag, ...]
+
+
+@dataclass(frozen=True)
+class StashDBTagPage:
+    """One page of ``queryTags``: the live tag count and this page's tags."""
+
+    count: int
     tags: tuple[StashDBTag, ...]
 
 
@@ -234,6 +252,16 @@ class StashDBClient:
         data = self._execute("FindScene", FIND_SCENE_QUERY, {"id": scene_id})
         scene = data.get("findScene")
         return _scene_from_json(scene) if scene is not None else None
+
+    def query_tags(self, page: int, per_page: int) -> StashDBTagPage:
+        """One page of StashDB's live tags, sorted by name (page numbers start at 1)."""
+        variables = {"input": {"page": page, "per_page": per_page, "sort": "NAME", "direction": "ASC"}}
+        data = self._execute("QueryTags", QUERY_TAGS_QUERY, variables)
+        answer = data.get("queryTags")
+        if not isinstance(answer, dict) or not isinstance(answer.get("tags"), list):
+            raise StashDBError(f"StashDB answered QueryTags with {_shape(answer)} instead of a tag page")
+        return StashDBTagPage(count=int(answer.get("count") or 0),
+                              tags=tuple(_tag_from_json(t) for t in answer["tags"] if t is not None))
 
     def _execute(self, operation: str, query: str, variables: dict) -> dict:
         """Send one GraphQL operation with the retry policy; return its `data`."""

@@ -152,6 +152,28 @@ def run_sync_scene_tags(ctx: RunContext):
         return sync.run()
 
 
+def run_link_tags(ctx: RunContext):
+    """Mode ``link_tags``: give local tags the StashIDs of the stash-box tags they name (``dry_run``: preview)."""
+    from stash_client import select_stash_box
+    from stashdb_api import StashDBClient, TokenBucket, effective_rate_per_minute
+    from stashdb_tag_links import TAG_LINK_LOCK, link_tags_for_box
+
+    boxes, _ = ctx.stash.stash_boxes_and_exclusions()
+    for box in boxes:
+        plugin_log.redactor.add(box.api_key)
+    box = select_stash_box(boxes, ctx.settings.stash_box_endpoint)
+    rate_per_minute = effective_rate_per_minute(box.max_requests_per_minute, ctx.settings.max_requests_per_minute)
+    stashdb = StashDBClient(box.endpoint, box.api_key, TokenBucket(rate_per_minute * RATE_SAFETY_FACTOR / 60.0),
+                            sleep=ctx.sleep)
+    dry_run = is_true(ctx.args.get("dry_run"))
+    log.info(f"Linking local tags to the tags of {box.endpoint} at up to {rate_per_minute:g} requests/min"
+             + (" (preview)" if dry_run else ""))
+    if dry_run:
+        return link_tags_for_box(ctx.stash, stashdb, box, True, ctx.plugin_dir / "reports", ctx.progress)
+    with single_run(ctx.plugin_dir / TAG_LINK_LOCK, "A tag link run"):
+        return link_tags_for_box(ctx.stash, stashdb, box, False, ctx.plugin_dir / "reports", ctx.progress)
+
+
 @contextlib.contextmanager
 def single_run(lock_path: Path, job: str):
     """Refuse to start while another process runs the same job (the OS drops the lock on SIGKILL)."""
@@ -207,6 +229,7 @@ MODES: dict[str, Callable[[RunContext], Any]] = {
     "cache_sync_scene": run_live_mode("run_cache_sync_scene"),
     "cache_status": run_live_mode("run_cache_status"),
     "cache_watch": run_live_mode("run_cache_watch"),
+    "link_tags": run_link_tags,
 }
 HOOK_MODES = {"cache_hook"}  # never fail: a hook runs inside the user's own edit in Stash
 LEAN_MODES = {"cache_hook", "cache_sync_scene", "cache_status", "cache_watch"}  # no stashapi start-up

@@ -251,10 +251,16 @@ class World:
         return fid
 
     def _norm_stash_ids(self, value, now):
-        out = []
+        """A written stash_ids list, as Stash stores it: the whole list replaces the old one, a
+        missing updated_at becomes now, and a repeated (endpoint, stash_id) pair is kept once
+        (``StashIDInputs.ToStashIDs``, stashapp/stash#2800)."""
+        out, seen = [], set()
         for s in value or ():
             if isinstance(s, (tuple, list)):
                 s = {"endpoint": s[0], "stash_id": s[1]}
+            if (s["endpoint"], s["stash_id"]) in seen:
+                continue
+            seen.add((s["endpoint"], s["stash_id"]))
             out.append({"endpoint": s["endpoint"], "stash_id": s["stash_id"],
                         "updated_at": s.get("updated_at") or now})
         return out

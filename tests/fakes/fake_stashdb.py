@@ -3,7 +3,13 @@
 World shape::
 
     {"scenes": {"<uuid>": {"id", "title", "deleted", "tags": [{"id", "name", "aliases", "deleted"}],
-                           "fingerprints": [{"algorithm", "hash", "duration"}]}}}
+                           "fingerprints": [{"algorithm", "hash", "duration"}]}},
+     "tags": {"<uuid>": {"id", "name", "aliases", "deleted"}}}   # optional: else the scenes' tags
+
+``queryTags`` answers as stash-box's resolver does (internal/service/tag/query.go): deleted tags are
+never listed, ``count`` is the number of live tags, rows are ordered by the sort field and paged
+with LIMIT/OFFSET (``page`` below 1 means 1, ``per_page`` below 1 means 25, no upper cap), and
+aliases come sorted. (Postgres orders names by its collation; only a stable order matters here.)
 
 Requests are executed with graphql-core against ``stashdb_fake.graphql``, a strict subset of the
 real stash-box schema, so a query with a wrong field fails as it would against StashDB.
@@ -26,6 +32,8 @@ from graphql import GraphQLError, build_schema, graphql_sync, parse, validate
 SDL_PATH = Path(__file__).with_name("stashdb_fake.graphql")
 MAX_FINGERPRINT_LISTS = 40
 DEFAULT_API_KEY = "fake-stashdb-key"
+DEFAULT_TAGS_PER_PAGE = 25
+TAG_SORT_FIELDS = {"NAME": "name", "CREATED_AT": "created", "UPDATED_AT": "updated"}
 
 
 def load_schema():
@@ -201,7 +209,29 @@ class FakeStashDB:
 
     def _root(self) -> dict:
         """Root resolvers for the Query type."""
-        return {"findScene": self._find_scene, "findScenesBySceneFingerprints": self._find_by_fingerprints}
+        return {"findScene": self._find_scene, "findScenesBySceneFingerprints": self._find_by_fingerprints,
+                "queryTags": self._query_tags}
+
+    def _query_tags(self, _info, input: dict):  # noqa: A002 - GraphQL argument name
+        """Resolve queryTags: live tags only, sorted, LIMIT/OFFSET paging without a cap."""
+        live = [tag for tag in self._tag_pool() if not tag.get("deleted")]
+        field = TAG_SORT_FIELDS[input["sort"]]
+        live.sort(key=lambda tag: str(tag.get(field) or ""), reverse=input["direction"] == "DESC")
+        page = max(1, input["page"])
+        per_page = input["per_page"] if input["per_page"] > 0 else DEFAULT_TAGS_PER_PAGE
+        start = (page - 1) * per_page
+        rows = live[start:start + per_page]
+        return {"count": len(live), "tags": [dict(tag, aliases=sorted(tag.get("aliases") or ())) for tag in rows]}
+
+    def _tag_pool(self) -> list[dict]:
+        """Every StashDB tag: the world's tag list, else the distinct tags of its scenes."""
+        if "tags" in self.world:
+            return list(self.world["tags"].values())
+        pool: dict[str, dict] = {}
+        for scene in self.world.get("scenes", {}).values():
+            for tag in scene.get("tags", ()):
+                pool.setdefault(tag["id"], tag)
+        return list(pool.values())
 
     def _find_scene(self, _info, id: str):  # noqa: A002 - GraphQL argument name
         """Resolve findScene."""

@@ -7,7 +7,8 @@ plain dict for a fake StashDB server::
     {"scenes": {"<uuid>": {"id": "<uuid>", "title": str, "deleted": bool,
                            "tags": [{"id", "name", "aliases", "deleted"}],
                            "fingerprints": [{"algorithm": "OSHASH"|"PHASH"|"MD5",
-                                             "hash": str, "duration": int}]}}}
+                                             "hash": str, "duration": int}]}},
+     "tags": {"<uuid>": tag dict}}   # every StashDB tag, used or not
 
 Tag dicts are shared between StashDB scenes (one object per StashDB tag; the
 whole pool is ``Library.stashdb_tags``).
@@ -564,6 +565,7 @@ def _generate(seed, scenes, tags, performers, studios, groups, galleries, images
 
     # ------------------------------------------------------------ truth
     lib.stashdb_tags = sdb_tags
+    lib.stashdb["tags"] = sdb_tags  # what queryTags lists (the deleted ones left out)
     lib.tag_kind = tag_kind
     by_name, by_alias, by_link = {}, {}, {}
     for tid in sorted(tag_rows):
