@@ -49,8 +49,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import plugin_log
-from tm_errors import CacheError, CacheLockedError, SettingsError, StashError, TagManagerError
+from tagman_base import plugin_log
+from tagman_base.errors import CacheError, CacheLockedError, SettingsError, StashError, TagManagerError
 
 log = logging.getLogger(plugin_log.LOGGER_NAME + ".live")
 
@@ -278,7 +278,7 @@ def not_ready_reason(db_path: Path) -> str | None:
 
 def _lock_holder_alive(db_path: Path) -> bool:
     """Whether a sync holds the cache's lock right now (the OS lock itself, so a reused pid cannot fool it)."""
-    import run_lock
+    from tagman_base import file_lock as run_lock
 
     return run_lock.is_held(Path(str(db_path) + ".lock"))
 
@@ -1054,7 +1054,7 @@ def _watch_status(conn: sqlite3.Connection) -> dict[str, Any]:
     fresh = age <= max(2.5 * float(out["heartbeat_s"]), float(out["heartbeat_s"]) + 5.0)
     alive = fresh and out["state"] not in ("stopped", "failed")
     if alive and out["host"] == socket.gethostname():
-        import run_lock
+        from tagman_base import file_lock as run_lock
 
         alive = run_lock.process_alive(int(out["pid"]))
     out["alive"] = alive

@@ -19,7 +19,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tm_errors import CacheSchemaError
+from tagman_base.errors import CacheSchemaError
 
 SCHEMA_VERSION = 3
 WRITER_SCHEMA = "cache_writer"

@@ -58,12 +58,12 @@ from pathlib import Path
 from typing import Any
 
 import cache_schema
-import plugin_log
-import run_lock
+from tagman_base import plugin_log
+from tagman_base import file_lock as run_lock
 from cache_schema import LINK_TABLES, atomic
-from settings import Settings
-from stash_client import StashClient
-from tm_errors import CacheError, CacheLockedError, CacheSchemaError, SettingsError
+from tagman_base.settings import Settings
+from tagman_base.stash_client import StashClient
+from tagman_base.errors import CacheError, CacheLockedError, CacheSchemaError, SettingsError
 
 log = logging.getLogger(__name__)
 

@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import plugin_log
-from settings import Settings
-from tm_errors import RunLockedError, SettingsError, TagManagerError
+from tagman_base import plugin_log
+from tagman_base.settings import Settings
+from tagman_base.errors import RunLockedError, SettingsError, TagManagerError
 
 PLUGIN_DIR = Path(__file__).resolve().parent
 RUNTIME_REQUIREMENTS = ("requests", "stashapi")
@@ -128,8 +128,8 @@ def is_true(value: Any) -> bool:
 
 def run_sync_scene_tags(ctx: RunContext):
     """Mode ``sync_scene_tags``: StashDB tags onto linked scenes (or a preview of it)."""
-    from settings import TagBlacklist
-    from stash_client import select_stash_box
+    from tagman_base.settings import TagBlacklist
+    from tagman_base.stash_client import select_stash_box
     from stashdb_api import StashDBClient, TokenBucket, effective_rate_per_minute
     from stashdb_scene_sync import SceneTagSync
 
@@ -156,7 +156,7 @@ def run_sync_scene_tags(ctx: RunContext):
 @contextlib.contextmanager
 def single_run(lock_path: Path, job: str):
     """Refuse to start while another process runs the same job (the OS drops the lock on SIGKILL)."""
-    import run_lock
+    from tagman_base import file_lock as run_lock
 
     try:
         with run_lock.exclusive(lock_path):
@@ -288,7 +288,7 @@ def connect_and_run(invocation: Invocation, progress: Callable[[float], None]) -
     """Connect (lean for the cache's live modes), read the settings, run the mode."""
     if invocation.mode not in LEAN_MODES:  # the lean modes need neither requests nor stashapi
         check_runtime_dependencies()
-    import stash_client
+    from tagman_base import stash_client
 
     plugin_log.redactor.add(invocation.api_key)
     plugin_log.redactor.add((invocation.server_connection.get("SessionCookie") or {}).get("Value"))

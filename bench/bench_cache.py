@@ -72,7 +72,7 @@ def run_child(mode: str, url: str, db: str, extra: dict) -> dict:
     import requests
 
     import local_cache
-    from stash_client import StashClient
+    from tagman_base.stash_client import StashClient
 
     stash = StashClient(requests.Session(), url)
     started = time.perf_counter()

@@ -12,13 +12,13 @@ import pytest
 import cache_schema
 import local_cache
 from local_cache import CacheOptions, cache_full_sync, cache_incremental_sync, cache_smart_sync
-from settings import Settings
+from tagman_base.settings import Settings
 from tests.test_cache_robustness import Crash, CrashingClient
 from tests.test_local_cache import (  # noqa: F401 - fixtures
     Clock, assert_mirror_equals, clock, db, derived_tables, expected_tables, fake, fresh_full, lib, mirror_tables,
     stash, world,
 )
-from tm_errors import SettingsError
+from tagman_base.errors import SettingsError
 
 SOFT = CacheOptions(soft_delete=True)
 

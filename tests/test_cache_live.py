@@ -20,8 +20,8 @@ from graphql import parse, validate
 import cache_live
 import local_cache
 from local_cache import CacheLock, cache_full_sync, cache_smart_sync
-from settings import Settings
-from stash_client import StashClient
+from tagman_base.settings import Settings
+from tagman_base.stash_client import StashClient
 from tag_manager import RunContext, parse_command_line
 from tests.conftest import ROOT, run_plugin
 from tests.fakes.fake_stash import fake_schema
@@ -642,7 +642,7 @@ def test_watch_skips_a_tick_while_another_sync_holds_the_cache(db, stash):
 
 def test_hooks_fired_by_our_own_tag_sync_defer_at_once(fake, tmp_path):
     """Stash runs our hook for every scene a tag sync updates: while the sync holds its lock, it defers."""
-    import run_lock
+    from tagman_base import file_lock as run_lock
     from tag_manager import remember_live_cache
 
     remember_live_cache(tmp_path, True)

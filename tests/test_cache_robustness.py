@@ -17,11 +17,11 @@ import requests
 import cache_schema
 import local_cache
 from local_cache import CacheLock, cache_full_sync, cache_incremental_sync, cache_smart_sync
-from stash_client import StashClient
+from tagman_base.stash_client import StashClient
 from tests.test_local_cache import (  # noqa: F401 - fixtures
     Clock, assert_mirror_equals, clock, db, derived_tables, fake, fresh_full, lib, stash, world,
 )
-from tm_errors import CacheLockedError, CacheSchemaError, StashUnavailable
+from tagman_base.errors import CacheLockedError, CacheSchemaError, StashUnavailable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -162,7 +162,7 @@ def test_sigkill_during_a_full_sync_then_rerun_converges(fake, world, db, stash,
             import sys, requests
             sys.path.insert(0, {str(REPO)!r})
             from local_cache import cache_full_sync
-            from stash_client import StashClient
+            from tagman_base.stash_client import StashClient
             cache_full_sync(StashClient(requests.Session(), {fake.url!r}), {str(db)!r}, per_page=4)
         """)])
     deadline = time.monotonic() + 30

@@ -184,7 +184,7 @@ def test_missing_dependency_names_the_pip_command(monkeypatch):
     import importlib.util
 
     import tag_manager
-    from tm_errors import SettingsError
+    from tagman_base.errors import SettingsError
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "stashapi" else real_find_spec(name))

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.test_scene_tag_sync import expected_additions, scene_tags, sync
-from tm_errors import AuthError
+from tagman_base.errors import AuthError
 
 GRAPHQL_ERROR = json.dumps({"errors": [{"message": "too many scenes"}], "data": None})
 
@@ -103,7 +103,7 @@ def test_writes_decided_before_stashdb_gives_out_still_land(servers, tmp_path):
     the tags decided from those three batches are written before it does."""
     from tag_manager import run_sync_scene_tags
     from tests.test_scene_tag_sync import context
-    from tm_errors import StashDBUnavailable
+    from tagman_base.errors import StashDBUnavailable
 
     before = scene_tags(servers)
     answered = []

@@ -14,10 +14,10 @@ from graphql import parse, validate
 import cache_schema
 import local_cache
 from local_cache import cache_full_sync, cache_incremental_sync, cache_smart_sync
-from stash_client import StashClient
+from tagman_base.stash_client import StashClient
 from tests.fakes.fake_stash import FakeStash, fake_schema
 from tests.fakes.library import generate_library
-from tm_errors import CacheError, CacheSchemaError, SettingsError
+from tagman_base.errors import CacheError, CacheSchemaError, SettingsError
 
 SMALL = dict(scenes=40, images=50, tags=24, performers=14, studios=6, groups=5, galleries=10)
 

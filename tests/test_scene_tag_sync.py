@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-import stash_client
-from settings import Settings
+from tagman_base import stash_client
+from tagman_base.settings import Settings
 from tag_manager import RunContext, run_sync_scene_tags
 from tests.conftest import Servers
-from tm_errors import AuthError, StashDBUnavailable
+from tagman_base.errors import AuthError, StashDBUnavailable
 
 LINKED_KINDS = ("normal", "fallback", "wrong_hit", "deleted", "missing")
 

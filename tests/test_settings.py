@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from settings import Settings, TagBlacklist, split_blacklist
-from stash_client import StashBox, select_stash_box
-from tm_errors import SettingsError
+from tagman_base.settings import Settings, TagBlacklist, split_blacklist
+from tagman_base.stash_client import StashBox, select_stash_box
+from tagman_base.errors import SettingsError
 
 
 def test_absent_settings_take_defaults():

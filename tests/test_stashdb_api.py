@@ -42,7 +42,7 @@ from stashdb_api import (
     retry_after_seconds,
 )
 from tests.fakes.fake_stashdb import FakeStashDB, load_schema
-from tm_errors import AuthError, GraphQLQueryError, RateLimitedError, StashDBError, StashDBUnavailable
+from tagman_base.errors import AuthError, GraphQLQueryError, RateLimitedError, StashDBError, StashDBUnavailable
 
 REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 STASH_BOX_SCHEMA_DIR = REFERENCE_DIR / "stash-box-graphql" / "graphql" / "schema"
