@@ -103,3 +103,52 @@ def test_link_tables_are_indexed_on_both_columns(tmp_path):
             leading.add(columns[0][2])
         assert {owner, target} <= leading, table
     conn.close()
+
+
+# the watch tables as version 3 created them outside the schema, before next_full_sync existed
+_V3_WATCH_TABLES = (
+    """CREATE TABLE IF NOT EXISTS watch_heartbeat (
+        pid INTEGER NOT NULL, host TEXT NOT NULL, started TEXT NOT NULL, last_heartbeat TEXT NOT NULL,
+        last_heartbeat_epoch REAL NOT NULL, last_run TEXT, last_run_id INTEGER, last_run_status TEXT,
+        state TEXT NOT NULL, interval_s REAL NOT NULL, heartbeat_s REAL NOT NULL,
+        PRIMARY KEY (host, pid))""",
+    "ALTER TABLE watch_heartbeat ADD COLUMN next_full_sync TEXT",
+    """CREATE TABLE IF NOT EXISTS sync_run_origin (
+        run_id INTEGER PRIMARY KEY, created_by TEXT NOT NULL)""",
+)
+
+
+@pytest.mark.parametrize("marker, pending", [("tags,scenes", ["tags", "scenes"]), ("1", ["studios", "tags", "scenes"]),
+                                             (None, [])])
+def test_version_3_file_gets_the_watch_tables_and_the_typed_full_sync_marker(tmp_path, marker, pending):
+    path = tmp_path / "v3.sqlite3"
+    conn = sqlite3.connect(path, isolation_level=None)
+    schema.enable_writes(conn)
+    schema.migrate(conn, target=3)
+    for sql in _V3_WATCH_TABLES:
+        conn.execute(sql)
+    conn.execute("INSERT INTO sync_runs (mode, started, status) VALUES ('cache_full_sync', 'x', 'ok')")
+    conn.execute("INSERT INTO sync_run_origin VALUES (1, 'watch')")
+    conn.executemany("INSERT INTO sync_state (entity_type, cursor) VALUES (?, 'c')", [("studios",), ("tags",), ("scenes",)])
+    if marker is not None:
+        conn.execute("INSERT INTO cache_meta VALUES ('full_run_pending', ?)", (marker,))
+    conn.close()
+    open_cache(path).close()
+    fresh = open_cache(tmp_path / "fresh.sqlite3")
+    with sqlite3.connect(path) as a:
+        assert schema.schema_version(a) == schema.SCHEMA_VERSION
+        assert schema.schema_signature(a) == schema.schema_signature(fresh)
+        assert a.execute("SELECT count(*) FROM cache_meta WHERE key = 'full_run_pending'").fetchone() == (0,)
+        flagged = {r[0] for r in a.execute("SELECT entity_type FROM sync_state WHERE full_run_pending")}
+        assert [t for t in ("studios", "tags", "scenes") if t in flagged] == pending
+        assert a.execute("SELECT * FROM sync_run_origin").fetchall() == [(1, "watch")]
+    fresh.close()
+
+
+def test_ddl_lives_only_in_the_schema_module():
+    """No runtime module but the schema creates or alters tables."""
+    root = Path(__file__).resolve().parents[1]
+    runtime = [p for p in root.rglob("*.py") if not {"tests", "bench", ".venv"} & set(p.relative_to(root).parts)]
+    offenders = [p.name for p in runtime if p.name != "schema.py"
+                 and any(word in p.read_text() for word in ("CREATE TABLE ", "ALTER TABLE ", "CREATE INDEX "))]
+    assert offenders == []
