@@ -52,7 +52,6 @@ class ApplyStats:
     upserted: int = 0
     deleted: int = 0
     reread: int = 0
-    left_for_sync: int = 0
     derived_refreshed: bool = False
     found: tuple[int, ...] = ()
     requests: int = 0
@@ -179,7 +178,6 @@ class LiveWriter:
         if not queued:
             return
         if len(queued) > self.reread_limit:
-            stats.left_for_sync = len(queued)
             log.info(f"{len(queued)} linked entities to re-read: left to the next sync")
             return
         by_type: dict[str, list[int]] = {}

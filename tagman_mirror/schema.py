@@ -206,7 +206,6 @@ _V4_WATCH = [
         AND (value = '1' OR ',' || value || ',' LIKE '%,' || sync_state.entity_type || ',%'))""",
     "DELETE FROM cache_meta WHERE key = 'full_run_pending'",
 ]
-WATCH_TABLES = ("watch_heartbeat", "sync_run_origin")
 WATCH_TABLES_SINCE = 4  # schema version that has them
 
 MIRROR_TABLES = V1_TABLES + V2_TABLES + V3_TABLES
