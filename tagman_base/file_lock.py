@@ -110,7 +110,7 @@ def acquire(path: Path, attempts: int = 5, pause_s: float = 0.05) -> int:
     A few quick attempts absorb a probe (``is_held``) that holds the lock for an instant. The
     holder writes ``<pid> <local time>`` into the file for the message of the next one refused.
     """
-    from datetime import datetime, timezone  # only when a lock is taken: hooks merely probe
+    from tagman_base.timestamps import now_text  # only when a lock is taken: hooks merely probe
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -119,8 +119,7 @@ def acquire(path: Path, attempts: int = 5, pause_s: float = 0.05) -> int:
         os.close(fd)
         raise LockHeld(pid, since)
     os.ftruncate(fd, 0)
-    stamp = datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
-    os.write(fd, f"{os.getpid()} {stamp}\n".encode())
+    os.write(fd, f"{os.getpid()} {now_text()}\n".encode())
     return fd
 
 
