@@ -13,10 +13,8 @@ import pytest
 
 from tagman_base.errors import StashUnavailable
 from tagman_mirror.runs import cache_full_sync, cache_incremental_sync, cache_smart_sync
-from tests.conftest import Crash, CrashingClient
+from tests.conftest import Crash, CrashingClient, ROOT, wait_for
 from tests.mirror_oracle import assert_mirror_equals, derived_tables, fresh_full
-from tests.conftest import wait_for
-from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize("die_at", [2, 5, 11])

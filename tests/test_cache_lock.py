@@ -13,8 +13,8 @@ import pytest
 from tagman_base.errors import CacheLockedError
 from tagman_mirror.cache_file import sync_lock
 from tagman_mirror.runs import cache_full_sync, cache_smart_sync
-from tests.mirror_oracle import assert_mirror_equals
 from tests.conftest import ROOT
+from tests.mirror_oracle import assert_mirror_equals
 
 
 def test_a_second_run_exits_at_once_and_changes_nothing(stash, world, db, fake):

@@ -8,11 +8,10 @@ import pytest
 
 from tag_manager import parse_command_line
 from tagman_base.errors import SettingsError
-from tagman_mirror.entities import parse_entities
+from tagman_mirror.entities import ENTITY_TYPES, parse_entities
 from tagman_mirror.runs import cache_full_sync, cache_smart_sync
 from tests.conftest import Crash, CrashingClient, operations, read_rows, run_plugin, stash_input, types_of
 from tests.mirror_oracle import assert_mirror_equals, derived_tables, expected_tables, fresh_full, mirror_tables
-from tagman_mirror.entities import ENTITY_TYPES
 
 
 def pending_full_types(db) -> list[str]:

@@ -8,9 +8,7 @@ from tagman_mirror.entities import SPEC_BY_TABLE, SPECS
 from tagman_mirror.results import CacheOptions
 from tagman_mirror.rows import mirrored_content
 from tagman_mirror.runs import cache_full_sync, cache_incremental_sync, cache_smart_sync
-from tests.conftest import read_rows
-from tests.conftest import SCENE_HISTORY
-from tests.conftest import LAST_RUN_CHANGES
+from tests.conftest import LAST_RUN_CHANGES, read_rows, SCENE_HISTORY
 
 
 def test_counts_and_change_log_match_what_stash_changed(stash, world, db, clock):

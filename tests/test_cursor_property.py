@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from hypothesis import given
-from hypothesis import strategies as st
-
 import pytest
+from hypothesis import given, strategies as st
 
 from tagman_base.errors import SettingsError
 from tagman_base.timestamps import epoch_of
 from tagman_mirror.cursor import window_lower_bound
 from tagman_mirror.runs import cache_incremental_sync
 from tests.fakes.fake_stash import render_timestamp
+
 
 EPOCHS = st.integers(min_value=946684800, max_value=4102444800)  # 2000..2100
 OFFSETS = st.integers(min_value=-12 * 4, max_value=14 * 4).map(lambda quarters: timedelta(minutes=15 * quarters))

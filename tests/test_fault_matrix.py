@@ -9,6 +9,7 @@ import pytest
 from tagman_base.errors import AuthError
 from tests.conftest import expected_additions, run_tag_sync, scene_tags, tag_sync_context
 
+
 GRAPHQL_ERROR = json.dumps({"errors": [{"message": "too many scenes"}], "data": None})
 
 

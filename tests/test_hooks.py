@@ -19,8 +19,7 @@ from tagman_mirror.hook import HookInputError, HookResult, parse_hook_context, r
 from tagman_mirror.live_writer import LiveWriter
 from tagman_mirror.runs import cache_full_sync, cache_smart_sync
 from tests.conftest import ctx_for, hook_context, ROOT, run_plugin, scene_title, stash_input
-from tests.mirror_oracle import assert_mirror_equals, derived_tables, fresh_full
-from tests.mirror_oracle import snapshot
+from tests.mirror_oracle import assert_mirror_equals, derived_tables, fresh_full, snapshot
 
 
 NOW = "2025-03-01T12:00:00+00:00"

@@ -11,9 +11,9 @@ from tagman_base.errors import CacheSchemaError
 from tagman_base.sqlite_util import atomic
 from tagman_mirror import schema
 from tagman_mirror.cache_file import open_cache, read_cache
+from tagman_mirror.entities import LINKS
 from tagman_mirror.runs import cache_full_sync, cache_smart_sync
 from tests.mirror_oracle import assert_mirror_equals, derived_tables, fresh_full
-from tagman_mirror.entities import LINKS
 
 
 def test_fresh_and_upgraded_files_have_the_same_schema(tmp_path, stash, world):

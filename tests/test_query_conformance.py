@@ -12,6 +12,7 @@ from tagman_mirror.queries import REGISTRY, status_counts_query, status_listing_
 from tests.fakes.fake_stash import fake_schema
 from tests.reference import real_stash_schema, real_stashbox_schema
 
+
 STASH_MODULES = ["tagman_base.stash_client", "stashdb_scene_sync"]
 STASHBOX_MODULES = ["stashdb_api"]
 

@@ -1,13 +1,12 @@
 """Settings parsing, stash-box selection and the tag blacklist."""
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
-from tagman_base.settings import Settings, TagBlacklist, split_blacklist
-from tagman_mirror.results import CacheOptions
-from tagman_base.stash_client import StashBox, select_stash_box
 from tagman_base.errors import SettingsError
+from tagman_base.settings import Settings, split_blacklist, TagBlacklist
+from tagman_base.stash_client import select_stash_box, StashBox
+from tagman_mirror.results import CacheOptions
 
 
 def test_absent_settings_take_defaults():

@@ -6,11 +6,8 @@ import sqlite3
 
 from tagman_mirror.results import CacheOptions
 from tagman_mirror.runs import cache_full_sync, cache_smart_sync, last_run_type_counts
-from tests.conftest import read_rows, run_plugin, stash_input
-from tests.mirror_oracle import assert_mirror_equals, derived_tables, fresh_full
-from tests.mirror_oracle import assert_live_equals
-from tests.conftest import SCENE_HISTORY
-from tests.conftest import LAST_RUN_CHANGES
+from tests.conftest import LAST_RUN_CHANGES, read_rows, run_plugin, SCENE_HISTORY, stash_input
+from tests.mirror_oracle import assert_live_equals, assert_mirror_equals, derived_tables, fresh_full
 
 
 SOFT = CacheOptions(soft_delete=True)

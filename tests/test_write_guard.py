@@ -8,9 +8,9 @@ import pytest
 
 from tagman_mirror import schema
 from tagman_mirror.cache_file import open_cache, read_cache
+from tagman_mirror.results import CacheOptions
 from tagman_mirror.runs import cache_full_sync, cache_smart_sync
 from tests.mirror_oracle import assert_mirror_equals
-from tagman_mirror.results import CacheOptions
 
 
 def test_plain_connections_cannot_write(stash, world, db):
