@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from stash_client import StashBox, StashClient
+from tagman_base.stash_client import StashBox, StashClient
 from stashdb_api import StashDBClient, StashDBTag
 from stashdb_scene_sync import chunked, fold_case, unique_path
-from tm_errors import StashAuthError, StashDBError, StashQueryError, StashUnavailable
+from tagman_base.errors import StashAuthError, StashDBError, StashQueryError, StashUnavailable
 
 # A child of the plugin's own logger ("tagManager"), so it logs at that logger's level.
 log = logging.getLogger("tagManager.tag_links")

@@ -71,8 +71,8 @@ def run_child(mode: str, url: str, db: str, extra: dict) -> dict:
     """Body of a child process: one sync (or the bare fetch) and its figures."""
     import requests
 
-    import local_cache
-    from stash_client import StashClient
+    from tagman_mirror import runs
+    from tagman_base.stash_client import StashClient
 
     stash = StashClient(requests.Session(), url)
     started = time.perf_counter()
@@ -83,8 +83,8 @@ def run_child(mode: str, url: str, db: str, extra: dict) -> dict:
         report["ids"] = edit_scenes(stash, extra["fraction"], extra.get("details", "benchmark edit"))
         report["requests"] = len(report["ids"])
     else:
-        sync = {"full": local_cache.cache_full_sync, "incremental": local_cache.cache_incremental_sync,
-                "smart": local_cache.cache_smart_sync}[mode]
+        sync = {"full": runs.cache_full_sync, "incremental": runs.cache_incremental_sync,
+                "smart": runs.cache_smart_sync}[mode]
         before = written_rows(db)
         result = sync(stash, Path(db))
         report.update(requests=result.stash_requests, upserted=result.upserted, deleted=result.deleted,
@@ -104,14 +104,15 @@ def bare_fetch(url: str, per_page: int) -> int:
     """Fetch the same pages as a full sync with plain requests + json; returns the request count."""
     import requests
 
-    import local_cache
+    from tagman_mirror import queries
+    from tagman_mirror.entities import SPECS
 
     session = requests.Session()
     sent = 0
-    for spec in local_cache.SPECS:
+    for spec in SPECS:
         page = 1
         while True:
-            body = {"query": local_cache.PAGE_QUERIES[spec.table],
+            body = {"query": queries.PAGE[spec.table],
                     "variables": {"filter": {"page": page, "per_page": per_page, "sort": "id", "direction": "ASC"}}}
             data = json.loads(session.post(url + "/graphql", json=body).content)["data"][spec.find]
             sent += 1
@@ -178,12 +179,12 @@ def written_rows(db: str) -> int:
     """Rows in every mirror table of the cache file (0 when it does not exist)."""
     import sqlite3
 
-    import cache_schema
+    from tagman_mirror import schema
 
     if not Path(db).exists():
         return 0
     with sqlite3.connect(db) as conn:
-        return sum(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in cache_schema.MIRROR_TABLES
+        return sum(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in schema.MIRROR_TABLES
                    if t not in ("sync_runs", "sync_state", "cache_meta"))
 
 

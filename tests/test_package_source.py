@@ -60,7 +60,7 @@ def imported_top_names(source: str) -> set[str]:
 
 def requirement_import_names() -> set[str]:
     """Import names of the packages requirements.txt lists."""
-    import plugin_deps
+    from tagman_base import plugin_deps
 
     return {req.import_name for req in plugin_deps.read_requirements(ROOT / "requirements.txt")}
 

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import stash_client
-from settings import Settings
+from tagman_base import stash_client
+from tagman_base.settings import Settings
 from stashdb_api import StashDBClient, StashDBTag, TokenBucket
 from stashdb_tag_links import TagIndex, TagLinker, plan_links
 from tag_manager import RunContext, run_link_tags
@@ -87,7 +87,7 @@ def context(servers: Servers, tmp_path: Path, dry_run: bool = False, **settings)
 
 def linker(servers: Servers, tmp_path: Path, dry_run: bool = False, stash=None, **options) -> TagLinker:
     """A TagLinker on the fakes with test-sized pages and batches."""
-    from stash_client import StashBox
+    from tagman_base.stash_client import StashBox
 
     stash = stash or stash_client.connect(servers.server_connection(tmp_path), lean=True)
     box = StashBox(servers.library.endpoint, STASHDB_API_KEY, "StashDB", 0)
@@ -402,12 +402,12 @@ def test_preview_then_link_through_stdin(linkable, tmp_path):
 
 
 def test_a_second_link_run_is_refused_while_one_runs(servers, tmp_path):
-    import run_lock
+    from tagman_base import file_lock
     from stashdb_tag_links import TAG_LINK_LOCK
-    from tm_errors import RunLockedError
+    from tagman_base.errors import RunLockedError
 
     before = tag_rows(servers)
-    with run_lock.exclusive(tmp_path / TAG_LINK_LOCK):
+    with file_lock.exclusive(tmp_path / TAG_LINK_LOCK):
         with pytest.raises(RunLockedError, match="A tag link run is already running"):
             run_link_tags(context(servers, tmp_path))
         assert run_link_tags(context(servers, tmp_path, dry_run=True)).dry_run  # a preview writes nothing: allowed
@@ -415,7 +415,7 @@ def test_a_second_link_run_is_refused_while_one_runs(servers, tmp_path):
 
 
 def test_stashdb_failing_stops_the_run_before_any_write(servers, tmp_path):
-    from tm_errors import StashDBUnavailable
+    from tagman_base.errors import StashDBUnavailable
 
     before = tag_rows(servers)
     servers.stashdb.fail_next(4, status=502)

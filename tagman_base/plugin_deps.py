@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from tm_errors import SettingsError
+from tagman_base.errors import SettingsError
 
-PLUGIN_ROOT = Path(__file__).resolve().parent
+PLUGIN_ROOT = Path(__file__).resolve().parents[1]  # the plugin folder, above this package
 REQUIREMENTS_FILE = PLUGIN_ROOT / "requirements.txt"
 DEP_MANAGER = "PythonDepManager"
 IMPORT_NAMES = {"stashapp-tools": "stashapi"}  # distributions whose import name is not their own
