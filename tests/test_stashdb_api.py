@@ -589,9 +589,26 @@ def test_fake_wrong_key_is_401_with_empty_body(fake):
     client = fake_client(fake, api_key="wrong")
     with pytest.raises(AuthError):
         client.find_scene("s1")
-    answer = requests.post(fake.url, json={"query": FIND_SCENE_QUERY}, timeout=5)
+    answer = requests.post(fake.url, json={"query": FIND_SCENE_QUERY}, headers={"ApiKey": "other"}, timeout=5)
     assert (answer.status_code, answer.content) == (401, b"")
     assert (fake.requests, fake.unauthorized, client.requests_sent) == (2, 2, 1)
+
+
+@pytest.mark.parametrize("headers", [{}, {"ApiKey": ""}])
+def test_fake_empty_key_is_anonymous_not_authorized(fake, headers):
+    body = {"query": FIND_SCENE_QUERY, "variables": {"id": "s1"}}
+    answer = requests.post(fake.url, json=body, headers=headers, timeout=5)
+    assert answer.status_code == 200
+    assert answer.json() == {"errors": [{"message": "not authorized", "path": ["findScene"]}], "data": None}
+    assert (fake.anonymous, fake.unauthorized) == (1, 0)
+
+
+def test_fake_records_user_agent(fake):
+    requests.post(fake.url, json={"query": FIND_SCENE_QUERY, "variables": {"id": "s1"}},
+                  headers={"ApiKey": API_KEY, "User-Agent": "probe/1"}, timeout=5)
+    requests.post(fake.url, json={"query": FIND_SCENE_QUERY, "variables": {"id": "s1"}},
+                  headers={"ApiKey": "wrong", "User-Agent": "probe/2"}, timeout=5)
+    assert fake.user_agents == ["probe/1", "probe/2"]
 
 
 def test_fake_injected_failures_are_retried(fake):
