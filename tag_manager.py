@@ -148,9 +148,15 @@ def run_sync_scene_tags(ctx: RunContext):
     if dry_run:
         return sync.run()
     import hook_gate
+    import hook_switch
 
-    with single_run(ctx.plugin_dir / hook_gate.TAG_SYNC_LOCK, "A scene tag sync"):
-        return sync.run()
+    try:
+        with single_run(ctx.plugin_dir / hook_gate.TAG_SYNC_LOCK, "A scene tag sync"):
+            # Our lock is held: the companion goes off, so our writes start no hook process.
+            hook_switch.keep_in_step(ctx.stash, ctx.plugin_dir, ctx.settings.live_cache)
+            return sync.run()
+    finally:  # lock released: back in step (a killed sync is repaired by the next task's settings read)
+        hook_switch.keep_in_step(ctx.stash, ctx.plugin_dir, ctx.settings.live_cache)
 
 
 @contextlib.contextmanager
@@ -226,24 +232,14 @@ def check_runtime_dependencies() -> None:
         )
 
 
-def live_marker(plugin_dir: Path) -> Path:
-    """File that exists while the last run that read the settings saw ``liveCache`` on."""
-    import hook_gate
+def keep_hooks_in_step(invocation: Invocation, stash: Any, settings: Settings) -> None:
+    """Keep the companion hook plugin enabled exactly while ``liveCache`` is on (see ``hook_switch``)."""
+    import hook_switch
 
-    return plugin_dir / hook_gate.LIVE_MARKER
-
-
-def remember_live_cache(plugin_dir: Path, live_cache: bool) -> None:
-    """Keep the marker in step with the setting, so that hooks can answer without asking Stash."""
-    marker = live_marker(plugin_dir)
-    try:
-        if live_cache:
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.touch()
-        else:
-            marker.unlink(missing_ok=True)
-    except OSError as exc:
-        log.debug(f"could not update {marker}: {exc}")
+    if invocation.mode not in HOOK_MODES:
+        hook_switch.keep_in_step(stash, invocation.plugin_dir, settings.live_cache)
+    elif not settings.live_cache:  # the companion's own hook: it is enabled, or it would not run
+        hook_switch.switch_off_for_hook(stash)
 
 
 @dataclass(frozen=True)
@@ -299,8 +295,7 @@ def connect_and_run(invocation: Invocation, progress: Callable[[float], None]) -
 
         cache_live.prepare_hook_client(stash)
     settings = Settings.from_plugin_config(stash.plugin_settings())
-    if invocation.mode.startswith("cache_"):
-        remember_live_cache(invocation.plugin_dir, settings.live_cache)
+    keep_hooks_in_step(invocation, stash, settings)
     ctx = RunContext(stash, settings, invocation.args, invocation.plugin_dir, progress)
     return MODES[invocation.mode](ctx)
 

@@ -47,15 +47,19 @@ class Servers:
         }
 
 
-def start_servers(scenes: int = 300, seed: int = 7, rate: float | None = STASHDB_RATE_PER_MINUTE, **sizes) -> Servers:
-    """Generate a library whose stash-box is a fake StashDB on loopback, and start both fakes."""
+def start_servers(scenes: int = 300, seed: int = 7, rate: float | None = STASHDB_RATE_PER_MINUTE,
+                  stash_options: dict | None = None, **sizes) -> Servers:
+    """Generate a library whose stash-box is a fake StashDB on loopback, and start both fakes.
+
+    ``stash_options`` go to ``FakeStash`` (``plugins_dir`` for hook dispatch, ``sessions``, ``api_key``, ``tls``).
+    """
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}/graphql"
     library = generate_library(seed=seed, scenes=scenes, endpoint=endpoint, **sizes)
     library.world.stash_boxes = [{"endpoint": endpoint, "api_key": STASHDB_API_KEY, "name": "StashDB",
                                   "max_requests_per_minute": int(rate or 0)}]
     stashdb = FakeStashDB(library.stashdb, api_key=STASHDB_API_KEY, max_requests_per_minute=rate, port=port).start()
-    stash = FakeStash(library.world, session_cookie=SESSION_COOKIE).start()
+    stash = FakeStash(library.world, session_cookie=SESSION_COOKIE, **(stash_options or {})).start()
     return Servers(library, stash, stashdb)
 
 
@@ -93,3 +97,25 @@ def run_plugin(stdin_document: dict | str, cwd: Path = ROOT, timeout: float = 12
     done = subprocess.run([sys.executable, str(ROOT / "tag_manager.py")], input=text, capture_output=True,
                           text=True, cwd=cwd, timeout=timeout)
     return PluginRun(done.returncode, done.stdout, done.stderr)
+
+
+def plugin_folder(plugins_dir: Path) -> Path:
+    """A Stash plugins folder holding this plugin as ``tagManager/`` (links to the runtime files)."""
+    folder = plugins_dir / "tagManager"
+    folder.mkdir(parents=True)
+    for path in ROOT.iterdir():
+        if path.suffix in (".py", ".yml") and path.is_file():
+            (folder / path.name).symlink_to(path)
+    return folder
+
+
+def wait_for(condition, timeout: float = 60.0, interval: float = 0.02) -> bool:
+    """Poll ``condition`` until it is true or ``timeout`` passes; return its last value."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True

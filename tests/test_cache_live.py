@@ -58,14 +58,11 @@ def stash_document(fake, plugin_dir: Path, context: dict | None, mode: str = "ca
 
 
 def live_on(world, db: Path, on: bool = True) -> None:
-    """Set liveCache as a user would, and refresh the marker as the next cache run would.
+    """Set liveCache as a user would.
 
     The hook processes of these tests run with the plugin folder ``tmp_path`` (the db's grandparent).
     """
     world.plugin_settings["tagManager"] = {"cacheDbPath": str(db), **({"liveCache": True} if on else {})}
-    from tag_manager import remember_live_cache
-
-    remember_live_cache(db.parent.parent, on)
 
 
 def ctx_for(stash: StashClient, db: Path, args: dict, live: bool = True) -> RunContext:
@@ -166,7 +163,9 @@ def test_hooks_are_off_by_default(stash, db, world, fake, tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.document["output"]["status"] == "off"
     assert snapshot(db) == before
-    assert fake.count() == 0  # answered from the plugin folder: no marker, so liveCache is off
+    # the companion's hook, finding liveCache off, switches its own plugin off: no later event starts one
+    assert fake.requests("TagManagerSetPluginsEnabled") == [("TagManagerSetPluginsEnabled",
+                                                             {"enabledMap": {"tagManagerLiveCache": False}})]
     assert not run.log_lines("w") and not run.log_lines("e")
 
 
@@ -284,10 +283,8 @@ def test_stash_errors_exit_0_and_change_nothing(synced, world, fake, clock, tmp_
     assert snapshot(synced) == before
 
 
-def test_bad_hook_input_exits_0(fake, tmp_path):
-    from tag_manager import remember_live_cache
-
-    remember_live_cache(tmp_path, True)  # with liveCache off the input would not even be read
+def test_bad_hook_input_exits_0(fake, world, tmp_path):
+    world.plugin_settings["tagManager"] = {"liveCache": True}  # with liveCache off the input is not read
     run = run_plugin(stash_document(fake, tmp_path, {"type": "Scene.Update.Post", "input": None}))
     assert run.returncode == 0 and run.document["output"]["status"] == "error"
 
@@ -643,22 +640,9 @@ def test_watch_skips_a_tick_while_another_sync_holds_the_cache(db, stash):
 def test_hooks_fired_by_our_own_tag_sync_defer_at_once(fake, tmp_path):
     """Stash runs our hook for every scene a tag sync updates: while the sync holds its lock, it defers."""
     import run_lock
-    from tag_manager import remember_live_cache
 
-    remember_live_cache(tmp_path, True)
     fake.clear_log()
     with run_lock.exclusive(tmp_path / "data" / "scene_tag_sync.lock"):
         run = run_plugin(stash_document(fake, tmp_path, hook_context(3, "Scene.Update.Post", None)))
     assert run.returncode == 0 and run.document["output"]["status"] == "deferred"
     assert fake.count() == 0
-
-
-def test_status_run_keeps_the_live_marker_in_step(synced, world, fake, tmp_path):
-    live_on(world, synced, on=False)
-    world.plugin_settings["tagManager"] = {"cacheDbPath": str(synced), "liveCache": True}
-    assert not (tmp_path / "data" / "live_cache.on").exists()
-    assert run_plugin(stash_document(fake, tmp_path, None, mode="cache_status")).returncode == 0
-    assert (tmp_path / "data" / "live_cache.on").exists()
-    world.plugin_settings["tagManager"] = {"cacheDbPath": str(synced)}
-    assert run_plugin(stash_document(fake, tmp_path, None, mode="cache_status")).returncode == 0
-    assert not (tmp_path / "data" / "live_cache.on").exists()
