@@ -289,7 +289,8 @@ def connect_and_run(invocation: Invocation, progress: Callable[[float], None]) -
     plugin_log.redactor.add(invocation.api_key)
     plugin_log.redactor.add((invocation.server_connection.get("SessionCookie") or {}).get("Value"))
     stash = stash_client.connect(invocation.server_connection, api_key=invocation.api_key,
-                                 lean=invocation.mode in LEAN_MODES)
+                                 lean=invocation.mode in LEAN_MODES,
+                                 establish_session=invocation.mode not in HOOK_MODES)  # a hook's cookie is fresh
     if invocation.mode in HOOK_MODES:
         import cache_live
 

@@ -1428,17 +1428,18 @@ class FakeStash:
     def _authenticate(self, headers):
         """Decide one request as Stash does (see ``stash_sessions``); ages the session clock."""
         self.sessions.tick()
-        credentials = self.session_cookie is not None or bool(self.api_key)
+        api_key = self.api_key or self.world.api_key or None  # configuration.general.apiKey is accepted
+        credentials = self.session_cookie is not None or bool(api_key)
         if self.session_cookie is not None and self.sessions.issued_at(self.session_cookie) is None:
             self.sessions.register(self.session_cookie)
-        outcome = authenticate(self.sessions if credentials else None, self.api_key, headers)
+        outcome = authenticate(self.sessions if credentials else None, api_key, headers)
         with self._lock:
             self.auth_log.append((outcome.kind, outcome.session_cookies_sent))
         return outcome
 
     def plugin_cookie(self) -> dict | None:
         """A fresh ``SessionCookie`` for a plugin process, as Stash makes one per task or hook."""
-        if self.session_cookie is None and not self.api_key:
+        if self.session_cookie is None and not (self.api_key or self.world.api_key):
             return None
         return {"Name": "session", "Value": self.sessions.issue(), "Path": "", "Domain": "",
                 "Expires": "0001-01-01T00:00:00Z", "RawExpires": "", "MaxAge": 0, "Secure": False,
