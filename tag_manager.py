@@ -137,6 +137,12 @@ def run_sync_scene_tags(ctx: RunContext):
     for box in boxes:
         plugin_log.redactor.add(box.api_key)
     box = select_stash_box(boxes, ctx.settings.stash_box_endpoint)
+    if not box.api_key.strip():  # stash-box answers every request of an empty key "not authorized"
+        raise SettingsError(
+            f"The stash-box {box.name or box.endpoint} ({box.endpoint}) has no API key, so it would answer "
+            "every request \"not authorized\". Add the key under Settings › Metadata Providers › "
+            "Stash-box Endpoints, then run the task again."
+        )
     blacklist = TagBlacklist.parse(ctx.settings.tag_blacklist, exclude_patterns)
     rate_per_minute = effective_rate_per_minute(box.max_requests_per_minute, ctx.settings.max_requests_per_minute)
     limiter = TokenBucket(rate_per_minute * RATE_SAFETY_FACTOR / 60.0)

@@ -686,3 +686,19 @@ def test_phash_leading_zeros_never_duplicate(phashes):
     values = [int(fp.hash, 16) for fp in result]
     assert len(values) == len(set(values))
     assert set(values) == {v for v, _ in phashes}
+
+
+def test_every_request_carries_the_user_agent(fake):
+    from tm_version import VERSION
+
+    client = fake_client(fake, sleep=lambda s: None)
+    client.find_scene("s1")
+    client.find_scenes_by_fingerprints([[Fingerprint("PHASH", "000000000000010a")]])
+    assert fake.user_agents == [f"tagManager/{VERSION}"] * 2
+
+
+def test_anonymous_answer_is_one_auth_error_after_one_request(fake):
+    client = fake_client(fake, api_key="", sleep=lambda s: None)
+    with pytest.raises(AuthError, match=r"not authorized.*Settings › Metadata Providers › Stash-box Endpoints"):
+        client.find_scene("s1")
+    assert (fake.requests, client.requests_sent) == (1, 1)
