@@ -22,6 +22,8 @@ bench: $(STAMP)
 	$(PY) bench/bench_tag_sync.py
 	$(PY) bench/bench_cache.py
 	$(PY) bench/bench_hook.py
+	$(PY) bench/bench_hooks_cost.py
+	$(PY) bench/bench_page_sizes.py
 
 stress: $(STAMP)
 	$(PY) -m pytest -q -m stress tests
