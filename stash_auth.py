@@ -104,6 +104,8 @@ class StashSession:
         _forget_stored_credentials(self.inner)
         if refreshed and self._cookie and not self._api_key and refreshed != self._cookie:
             plugin_log.redactor.add(refreshed)
+            if self.refreshes:  # keep the redactor small on long runs: the task's own cookie and the latest
+                plugin_log.redactor.secrets.discard(self._cookie)
             self._cookie = refreshed
             self.refreshes += 1
 

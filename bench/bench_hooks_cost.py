@@ -117,7 +117,7 @@ def outlive_session(session_s: float, with_api_key: bool) -> list[dict]:
                 if with_api_key:
                     servers.library.world.api_key = "bench-stash-api-key"
                 if mode == "cache_full_sync":
-                    servers.stash.delay_next(60, session_s / 20)  # a slow Stash: 60 requests take 3 sessions
+                    servers.stash.delay_next(60, session_s / 10)  # a slow Stash: about two sessions long
                 servers.library.world.plugin_settings["tagManager"] = {"cacheDbPath": str(folder / "c.sqlite3")}
                 output, elapsed = run_task(servers, folder, mode)
                 refused = sum(1 for kind, _ in servers.stash.auth_log if kind == "refused")
