@@ -260,6 +260,7 @@ def self_signed_cert(tmp_path):
     return str(cert), str(key)
 
 
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 def test_fake_serves_https_with_a_self_signed_host_name_certificate(world, self_signed_cert):
     with FakeStash(world, tls=self_signed_cert) as fake:
         assert fake.url.startswith("https://")

@@ -281,7 +281,8 @@ class _Handler(BaseHTTPRequestHandler):
         if refusal is not None:
             self._send(*refusal)
             return
-        self._send_json(*fake.execute(_decode(body), anonymous=not api_key))
+        payload = _decode(body)
+        self._send_json(*(fake.execute(payload) if api_key else fake.execute(payload, anonymous=True)))
 
     def do_GET(self) -> None:  # noqa: N802 - http.server naming
         """Only POST is served."""
