@@ -26,6 +26,8 @@ bench: $(STAMP)
 	$(PY) bench/bench_cache.py
 	$(PY) bench/bench_hook.py
 	$(PY) bench/bench_tag_links.py
+	$(PY) bench/bench_hooks_cost.py
+	$(PY) bench/bench_page_sizes.py
 
 package: $(STAMP)
 	@$(PY) -m tools.package_source --out dist

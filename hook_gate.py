@@ -1,14 +1,18 @@
 """Answer an idle hook before the plugin imports anything else.
 
-Stash starts ``tag_manager.py`` once for every entity that an update touches, and waits for it before
-it answers the update: a bulk edit of 1,000 scenes (or this plugin's own scene tag sync) starts 1,000
-hook processes. When a hook has nothing to do it must cost little more than starting Python, so this
-module uses the standard library only and decides from files in the plugin folder:
+Stash starts ``tag_manager.py`` once for every entity that an update touches, for every enabled
+plugin declaring the trigger, and waits for it before it answers the update. The hooks live in the
+companion plugin ``tagManagerLiveCache`` (see ``hook_switch``), which tagManager keeps disabled
+unless ``liveCache`` is on, so most events start no process at all. A hook that does start and has
+nothing to do must cost little more than starting Python, so this module uses the standard library
+only and decides from a file in the plugin folder:
 
-- ``data/live_cache.on`` is absent: ``liveCache`` is off (every cache run that reads the settings
-  keeps the marker in step with them);
-- ``data/scene_tag_sync.lock`` is held: this plugin's tag sync is running, and the next cache sync
+- ``data/scene_tag_sync.lock`` is held: this plugin's tag sync is running (it switches the
+  companion off for its writes; this covers the moment around the switch), and the next cache sync
   mirrors what it changes.
+
+With ``liveCache`` off, the hook goes the full way once: it reads the settings and switches its own
+plugin off, so no later event starts a process.
 """
 
 from __future__ import annotations
@@ -17,9 +21,7 @@ import json
 import os
 import sys
 
-LIVE_MARKER = os.path.join("data", "live_cache.on")
 TAG_SYNC_LOCK = os.path.join("data", "scene_tag_sync.lock")
-OFF_REASON = "liveCache is off (a change of the setting takes effect with the next cache sync or Cache: Status run)"
 DEFERRED_REASON = "a scene tag sync is running; the next cache sync mirrors its changes"
 
 
@@ -36,8 +38,6 @@ def idle_hook_answer(document: object) -> dict | None:
     if document["args"].get("mode") != "cache_hook":
         return None
     plugin_dir = plugin_dir_of(document)
-    if not os.path.exists(os.path.join(plugin_dir, LIVE_MARKER)):
-        return {"status": "off", "reason": OFF_REASON}
     from tagman_base import file_lock
 
     if file_lock.is_held(os.path.join(plugin_dir, TAG_SYNC_LOCK)):

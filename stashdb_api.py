@@ -14,6 +14,7 @@ from email.utils import parsedate_to_datetime
 import requests
 
 from tagman_base.errors import AuthError, GraphQLQueryError, RateLimitedError, StashDBError, StashDBUnavailable
+from tagman_base.version import USER_AGENT
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,11 @@ AUTH_MESSAGE = (
     "StashDB rejected the API key (HTTP {status}). "
     "Check the API key under Settings › Metadata Providers › Stash-box Endpoints."
 )
+ANONYMOUS_MESSAGE = (
+    "The stash-box {endpoint} answered \"not authorized\": it treats the request as anonymous (empty API key). "
+    "Set the box's API key under Settings › Metadata Providers › Stash-box Endpoints, then run the task again."
+)
+NOT_AUTHORIZED = "not authorized"
 
 
 class TokenBucket:
@@ -307,8 +313,9 @@ class StashDBClient:
         return self._read_answer(operation, response)
 
     def _headers(self) -> dict:
-        """Request headers, including the API key."""
-        return {"ApiKey": self._api_key, "Accept": "application/json", "Content-Type": "application/json"}
+        """Request headers: the API key, and a User-Agent (some boxes refuse requests without one)."""
+        return {"ApiKey": self._api_key, "Accept": "application/json", "Content-Type": "application/json",
+                "User-Agent": USER_AGENT}
 
     def _read_answer(self, operation: str, response: requests.Response) -> dict:
         """Classify an HTTP answer: return `data`, raise a typed error, or raise _Retry."""
@@ -323,6 +330,8 @@ class StashDBClient:
             raise _Retry(f"HTTP {status}")
         body = _json_or_none(response)
         if isinstance(body, dict) and body.get("errors"):
+            if any(isinstance(e, dict) and e.get("message") == NOT_AUTHORIZED for e in body["errors"]):
+                raise AuthError(ANONYMOUS_MESSAGE.format(endpoint=self.endpoint))
             raise GraphQLQueryError(body["errors"], operation)
         if status != 200:
             raise StashDBError(f"StashDB at {self.endpoint} answered {operation} with HTTP {status}")

@@ -125,6 +125,12 @@ def run_sync_scene_tags(ctx: RunContext):
     for box in boxes:
         plugin_log.redactor.add(box.api_key)
     box = select_stash_box(boxes, ctx.settings.stash_box_endpoint)
+    if not box.api_key.strip():  # stash-box answers every request of an empty key "not authorized"
+        raise SettingsError(
+            f"The stash-box {box.name or box.endpoint} ({box.endpoint}) has no API key, so it would answer "
+            "every request \"not authorized\". Add the key under Settings › Metadata Providers › "
+            "Stash-box Endpoints, then run the task again."
+        )
     blacklist = TagBlacklist.parse(ctx.settings.tag_blacklist, exclude_patterns)
     rate_per_minute = effective_rate_per_minute(box.max_requests_per_minute, ctx.settings.max_requests_per_minute)
     limiter = TokenBucket(rate_per_minute * RATE_SAFETY_FACTOR / 60.0)
@@ -136,9 +142,15 @@ def run_sync_scene_tags(ctx: RunContext):
     if dry_run:
         return sync.run()
     import hook_gate
+    from tagman_base import hook_switch
 
-    with single_run(ctx.plugin_dir / hook_gate.TAG_SYNC_LOCK, "A scene tag sync"):
-        return sync.run()
+    try:
+        with single_run(ctx.plugin_dir / hook_gate.TAG_SYNC_LOCK, "A scene tag sync"):
+            # Our lock is held: the companion goes off, so our writes start no hook process.
+            hook_switch.keep_in_step(ctx.stash, ctx.plugin_dir, ctx.settings.live_cache)
+            return sync.run()
+    finally:  # lock released: back in step (a killed sync is repaired by the next task's settings read)
+        hook_switch.keep_in_step(ctx.stash, ctx.plugin_dir, ctx.settings.live_cache)
 
 
 def run_link_tags(ctx: RunContext):
@@ -200,24 +212,14 @@ def check_runtime_dependencies() -> None:
     plugin_deps.ensure_runtime_dependencies()
 
 
-def live_marker(plugin_dir: Path) -> Path:
-    """File that exists while the last run that read the settings saw ``liveCache`` on."""
-    import hook_gate
+def keep_hooks_in_step(invocation: Invocation, stash: Any, settings: Settings) -> None:
+    """Keep the companion hook plugin enabled exactly while ``liveCache`` is on (see ``hook_switch``)."""
+    from tagman_base import hook_switch
 
-    return plugin_dir / hook_gate.LIVE_MARKER
-
-
-def remember_live_cache(plugin_dir: Path, live_cache: bool) -> None:
-    """Keep the marker in step with the setting, so that hooks can answer without asking Stash."""
-    marker = live_marker(plugin_dir)
-    try:
-        if live_cache:
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.touch()
-        else:
-            marker.unlink(missing_ok=True)
-    except OSError as exc:
-        log.debug(f"could not update {marker}: {exc}")
+    if invocation.mode not in HOOK_MODES:
+        hook_switch.keep_in_step(stash, invocation.plugin_dir, settings.live_cache)
+    elif not settings.live_cache:  # the companion's own hook: it is enabled, or it would not run
+        hook_switch.switch_off_for_hook(stash)
 
 
 @dataclass(frozen=True)
@@ -265,12 +267,12 @@ def connect_and_run(invocation: Invocation, progress: Callable[[float], None]) -
     plugin_log.redactor.add(invocation.api_key)
     plugin_log.redactor.add((invocation.server_connection.get("SessionCookie") or {}).get("Value"))
     stash = stash_client.connect(invocation.server_connection, api_key=invocation.api_key,
-                                 lean=invocation.mode in LEAN_MODES)
+                                 lean=invocation.mode in LEAN_MODES,
+                                 establish_session=invocation.mode not in HOOK_MODES)  # a hook's cookie is fresh
     if invocation.mode in HOOK_MODES:
         local_cache.prepare_hook_client(stash)
     settings = Settings.from_plugin_config(stash.plugin_settings())
-    if invocation.mode.startswith("cache_"):
-        remember_live_cache(invocation.plugin_dir, settings.live_cache)
+    keep_hooks_in_step(invocation, stash, settings)
     ctx = RunContext(stash, settings, invocation.args, invocation.plugin_dir, progress)
     return MODES[invocation.mode](ctx)
 

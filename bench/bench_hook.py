@@ -4,7 +4,8 @@
 
 1. Hook latency: wall time of one ``cache_hook`` process, from spawn to exit, for a scene update
    (the plugin started exactly as Stash starts it: one JSON document on stdin), with liveCache on
-   and, for comparison, off. Bound: median <= 400 ms. Python's bytecode cache is on for the plugin
+   and off (with the companion manifest, Stash starts such a hook at most once per install: it
+   switches its own plugin off; here the fake has no plugin folder, so every run pays it). Bound: median <= 400 ms. Python's bytecode cache is on for the plugin
    processes, as in a Stash install (the first run writes it; ``PYTHONPYCACHEPREFIX`` keeps it in the
    temporary folder); ``--no-bytecode-cache`` measures with every module compiled on each start.
 2. Freshness under watch mode: ``cache_watch --interval 5`` runs while 100 scene edits per minute
@@ -96,7 +97,7 @@ def hook_document(port: int, plugin_dir: Path, scene_id: int, title: str) -> str
 
 
 def run_status(port: int, plugin_dir: Path) -> None:
-    """Run "Cache: Status" as Stash would: like any cache run, it brings liveCache's marker in step."""
+    """Run "Cache: Status" as Stash would (like any task, it reads the settings first)."""
     document = json.dumps({"server_connection": {"Scheme": "http", "Host": "0.0.0.0", "Port": port,
                                                  "SessionCookie": None, "Dir": str(plugin_dir),
                                                  "PluginDir": str(plugin_dir)},
@@ -216,7 +217,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenes", type=int, default=2000)
     parser.add_argument("--hooks", type=int, default=40, help="measured hook processes (liveCache on)")
-    parser.add_argument("--off-hooks", type=int, default=10, help="measured hook processes with liveCache off")
+    parser.add_argument("--off-hooks", type=int, default=5,
+                        help="measured hook processes with liveCache off (the once-per-install switch-off)")
     parser.add_argument("--watch-seconds", type=float, default=60.0)
     parser.add_argument("--edits-per-minute", type=float, default=100.0)
     parser.add_argument("--interval", type=float, default=5.0)
@@ -251,7 +253,7 @@ def main() -> int:
               f"p95 {percentile(on, 0.95) * 1000:6.0f} ms   max {max(on) * 1000:6.0f} ms   "
               f"bound: median <= {HOOK_MEDIAN_BOUND_S * 1000:.0f} ms -> "
               f"{'OK' if statistics.median(on) <= HOOK_MEDIAN_BOUND_S else 'OVER'}")
-        print(f"  liveCache off ({len(off)} runs): median {statistics.median(off) * 1000:6.0f} ms   "
+        print(f"  liveCache off, the one hook that switches the companion off ({len(off)} runs): median {statistics.median(off) * 1000:6.0f} ms   "
               f"p95 {percentile(off, 0.95) * 1000:6.0f} ms")
 
         if args.watch_seconds > 0:

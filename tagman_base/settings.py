@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from tagman_base.errors import SettingsError
+from tagman_base.tag_patterns import ExcludePatterns
 
 TRUE_WORDS = {"true", "1", "yes", "on"}
 FALSE_WORDS = {"false", "0", "no", "off", ""}
@@ -127,14 +128,20 @@ class TagBlacklist:
 
     literals: frozenset[str] = frozenset()
     patterns: tuple[re.Pattern[str], ...] = ()
+    stash_patterns: ExcludePatterns = ExcludePatterns()  # Stash's excludeTagPatterns, applied as Stash does
 
     def matches(self, name: str) -> bool:
         """Return True when ``name`` is blacklisted."""
-        return name.casefold() in self.literals or any(p.search(name) for p in self.patterns)
+        return (name.casefold() in self.literals or any(p.search(name) for p in self.patterns)
+                or self.stash_patterns.matches(name))
 
     @classmethod
     def parse(cls, text: str, exclude_patterns: list[str] = (), setting: str = "tagBlacklist") -> TagBlacklist:
-        """Parse the comma/newline separated setting plus Stash's regex ``excludeTagPatterns``."""
+        """Parse the comma/newline separated setting plus Stash's ``excludeTagPatterns``.
+
+        A bad entry in the setting stops the run (the user can fix it here); a pattern of Stash's
+        that Go's regexp rejects is skipped with a warning, as Stash itself skips it.
+        """
         literals: set[str] = set()
         patterns: list[re.Pattern[str]] = []
         for entry in split_blacklist(text):
@@ -142,10 +149,7 @@ class TagBlacklist:
                 patterns.append(compile_pattern(entry[1:-1], setting))
             else:
                 literals.add(entry.casefold())
-        for pattern in exclude_patterns:
-            if pattern.strip():
-                patterns.append(compile_pattern(pattern, "scraping.excludeTagPatterns"))
-        return cls(frozenset(literals), tuple(patterns))
+        return cls(frozenset(literals), tuple(patterns), ExcludePatterns.compile(exclude_patterns))
 
 
 def split_blacklist(text: str) -> list[str]:

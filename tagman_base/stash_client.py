@@ -10,9 +10,10 @@ import http.client
 import json
 import logging
 import re
+import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,7 +23,9 @@ log = logging.getLogger(__name__)
 
 PLUGIN_ID = "tagManager"
 STASHDB_MARKER = "stashdb.org"  # the default stash-box is the one whose endpoint contains this
-MAX_PER_PAGE = 1000  # Stash caps per_page at 1000 (except -1, "all")
+# Stash has no cap on per_page; 1000 is the page size measured best for the tag sync's id pages
+# and the cache (see README, Benchmarks › Page sizes).
+MAX_PER_PAGE = 1000
 RETRY_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0)
 RETRYABLE_STATUS = {500, 502, 503, 504}
 TRANSIENT_ERROR_MARKERS = ("database is locked",)
@@ -81,6 +84,7 @@ class StashClient:
         self.timeout = timeout
         self.backoff = backoff
         self.requests_sent = 0
+        self.session_keeper: Any = None  # stash_auth.SessionKeeper while a cookie is kept alive
 
     def __repr__(self) -> str:
         return f"StashClient(url={self.url!r})"
@@ -214,18 +218,36 @@ def operation_name(query: str) -> str:
     return "request"
 
 
-def connect(server_connection: Mapping[str, Any], api_key: str | None = None, lean: bool = False) -> StashClient:
-    """Connect to Stash with the session cookie (or an API key); ``lean`` skips stashapi's introspection."""
+def started_by_stash(server_connection: Mapping[str, Any]) -> bool:
+    """True for the connection Stash wrote to our stdin (it names the plugin folder)."""
+    return bool(server_connection.get("PluginDir"))
+
+
+def connect(server_connection: Mapping[str, Any], api_key: str | None = None, lean: bool = False,
+            establish_session: bool = True) -> StashClient:
+    """Connect to Stash with the session cookie (or an API key); ``lean`` skips stashapi's introspection.
+
+    Every request carries one credential (see ``stash_auth``). With ``establish_session`` the run
+    switches to Stash's API key when it has one, or keeps the refreshed cookie alive, so that runs
+    of any length keep their session. A Stash that started us is reached at the address it gave,
+    whatever its certificate (self-signed, or issued for a host name rather than the bind address);
+    from the command line the certificate is verified.
+    """
+    from tagman_base import stash_auth
+
     base_url = stash_base_url(server_connection)
-    cookie = (server_connection.get("SessionCookie") or {}).get("Value")
+    cookie_info = server_connection.get("SessionCookie") or {}
+    verify = not started_by_stash(server_connection)
     if lean:
-        session = LeanSession()
-        if cookie:
-            session.cookies[(server_connection.get("SessionCookie") or {}).get("Name") or "session"] = cookie
-        if api_key:
-            session.headers["ApiKey"] = api_key
-        return StashClient(session, base_url)
-    return _connect_with_stashapi(server_connection, base_url, api_key)
+        inner: Any = LeanSession(verify=verify)
+    else:
+        inner = _connect_with_stashapi(server_connection, base_url, api_key, verify)
+    session = stash_auth.StashSession(inner, base_url, cookie=None if api_key else cookie_info.get("Value"),
+                                      api_key=api_key, cookie_name=cookie_info.get("Name") or "session")
+    client = StashClient(session, base_url)
+    if establish_session:
+        client.session_keeper = stash_auth.establish(client, session)
+    return client
 
 
 @dataclass(frozen=True)
@@ -234,6 +256,7 @@ class LeanResponse:
 
     status_code: int
     content: bytes
+    cookies: dict[str, str] = field(default_factory=dict)  # from Set-Cookie
 
     def json(self) -> Any:
         """Decode the body as JSON (raises ValueError when it is not)."""
@@ -247,26 +270,47 @@ class LeanSession:
     Transport failures surface as OSError (ConnectionError, TimeoutError), as with requests.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, verify: bool = True) -> None:
         self.headers: dict[str, str] = {}
         self.cookies: dict[str, str] = {}
+        self.verify = verify
 
-    def post(self, url: str, json: Any = None, timeout: float | tuple[float, float] = 30.0) -> LeanResponse:
-        """POST a JSON body on a fresh connection and read the whole answer."""
+    def post(self, url: str, json: Any = None, timeout: float | tuple[float, float] | None = 30.0,
+             headers: Mapping[str, str] | None = None, allow_redirects: bool = False) -> LeanResponse:
+        """POST a JSON body on a fresh connection and read the whole answer (redirects are never followed)."""
         parts = urlsplit(url)
-        connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        connection = connection_class(parts.hostname, parts.port, timeout=max(timeout) if isinstance(timeout, tuple) else timeout)
-        headers = {"Content-Type": "application/json", "Accept": "application/json", **self.headers}
-        if self.cookies:
-            headers["Cookie"] = "; ".join(f"{name}={value}" for name, value in self.cookies.items())
+        seconds = (max(timeout) if isinstance(timeout, tuple) else timeout) or 30.0
+        if parts.scheme == "https":
+            context = ssl.create_default_context() if self.verify else ssl._create_unverified_context()
+            connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+                parts.hostname, parts.port, timeout=seconds, context=context)
+        else:
+            connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=seconds)
+        sent = {"Content-Type": "application/json", "Accept": "application/json", **self.headers, **(headers or {})}
+        if self.cookies and "Cookie" not in sent:
+            sent["Cookie"] = "; ".join(f"{name}={value}" for name, value in self.cookies.items())
         try:
-            connection.request("POST", parts.path or "/", body=_json_bytes(json), headers=headers)
+            connection.request("POST", parts.path or "/", body=_json_bytes(json), headers=sent)
             answer = connection.getresponse()
-            return LeanResponse(answer.status, answer.read())
+            return LeanResponse(answer.status, answer.read(), _set_cookies(answer.headers.get_all("Set-Cookie") or []))
         except http.client.HTTPException as exc:
             raise ConnectionError(f"bad HTTP answer: {type(exc).__name__}") from None
         finally:
             connection.close()
+
+
+def _set_cookies(headers: list[str]) -> dict[str, str]:
+    """Cookie name -> value from a response's Set-Cookie headers."""
+    from http.cookies import CookieError, SimpleCookie
+
+    cookies: dict[str, str] = {}
+    for header in headers:
+        try:
+            parsed = SimpleCookie(header)
+        except CookieError:
+            continue
+        cookies.update({name: morsel.value for name, morsel in parsed.items()})
+    return cookies
 
 
 def _json_bytes(value: Any) -> bytes:
@@ -274,8 +318,9 @@ def _json_bytes(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-def _connect_with_stashapi(server_connection: Mapping[str, Any], base_url: str, api_key: str | None) -> StashClient:
-    """Build a ``stashapi.StashInterface`` and reuse its authenticated HTTP session."""
+def _connect_with_stashapi(server_connection: Mapping[str, Any], base_url: str, api_key: str | None,
+                           verify: bool = True) -> Any:
+    """Build a ``stashapi.StashInterface`` (checks the connection) and return its HTTP session."""
     import requests
     from stashapi.stashapp import StashInterface
 
@@ -283,8 +328,12 @@ def _connect_with_stashapi(server_connection: Mapping[str, Any], base_url: str, 
     conn["Logger"] = _QuietStashapiLogger()
     if api_key:
         conn["ApiKey"] = api_key
+    if not verify:  # the Stash that started us, on loopback, with its own certificate: no warning per request
+        import warnings
+
+        warnings.filterwarnings("ignore", message="Unverified HTTPS request")
     try:
-        stash = StashInterface(conn)
+        stash = _one_cookie_interface(StashInterface, trust_env=verify)(conn, verify_ssl=verify)
     except requests.RequestException as exc:
         raise StashUnavailable(
             f"Could not reach Stash at {base_url} ({type(exc).__name__}). Check that Stash is running."
@@ -295,7 +344,32 @@ def _connect_with_stashapi(server_connection: Mapping[str, Any], base_url: str, 
                 f"Stash at {base_url} refused the credentials. Run the task from Stash, or pass a valid --api-key."
             ) from None
         raise StashUnavailable(f"Could not connect to Stash at {base_url}: {exc}") from None
-    return StashClient(stash.s, base_url)
+    return stash.s
+
+
+def _one_cookie_interface(base: type, trust_env: bool = True) -> type:
+    """stashapi's client, keeping exactly one session cookie in its jar: the latest one Stash issued.
+
+    stashapi stores the task's cookie without a domain, so a refresh would be stored beside it and
+    both sent (Stash reads the first). This matters only for stashapi's own start-up requests; after
+    them ``stash_auth.StashSession`` sends the credential itself. Without ``trust_env`` the
+    environment's CA bundle (which requests lets override ``verify=False``) and proxies are ignored:
+    the Stash that started us is reached directly at the address it gave.
+    """
+
+    class OneCookieStashInterface(base):
+        def _GQL(self, query, variables={}):  # noqa: B006, ANN001, ANN202, N802 - stashapi's signature
+            self.s.trust_env = trust_env
+            return super()._GQL(query, variables)
+
+        def _handle_GQL_response(self, response):  # noqa: ANN001, ANN202 - stashapi's signature
+            refreshed = getattr(response, "cookies", {}).get("session")
+            if refreshed:
+                self.s.cookies.clear()
+                self.s.cookies.set("session", refreshed)
+            return super()._handle_GQL_response(response)
+
+    return OneCookieStashInterface
 
 
 class _QuietStashapiLogger:

@@ -74,7 +74,7 @@ class CacheSync:
         self.cursors = CursorStore(conn)
         self.mode = mode
         self.since = since
-        self.per_page = max(1, min(int(per_page), 1000))
+        self.per_page = max(1, int(per_page))  # Stash has no cap on per_page
         self.progress = progress
         self.warnings: list[str] = []
         self.stats: dict[str, TypeTally] = {}

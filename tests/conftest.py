@@ -137,15 +137,19 @@ def hook_context(eid, trigger: str, payload=None, fields=None) -> dict:
     return context
 
 
-def start_servers(scenes: int = 300, seed: int = 7, rate: float | None = STASHDB_RATE_PER_MINUTE, **sizes) -> Servers:
-    """Generate a library whose stash-box is a fake StashDB on loopback, and start both fakes."""
+def start_servers(scenes: int = 300, seed: int = 7, rate: float | None = STASHDB_RATE_PER_MINUTE,
+                  stash_options: dict | None = None, **sizes) -> Servers:
+    """Generate a library whose stash-box is a fake StashDB on loopback, and start both fakes.
+
+    ``stash_options`` go to ``FakeStash`` (``plugins_dir`` for hook dispatch, ``sessions``, ``api_key``, ``tls``).
+    """
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}/graphql"
     library = generate_library(seed=seed, scenes=scenes, endpoint=endpoint, **sizes)
     library.world.stash_boxes = [{"endpoint": endpoint, "api_key": STASHDB_API_KEY, "name": "StashDB",
                                   "max_requests_per_minute": int(rate or 0)}]
     stashdb = FakeStashDB(library.stashdb, api_key=STASHDB_API_KEY, max_requests_per_minute=rate, port=port).start()
-    stash = FakeStash(library.world, session_cookie=SESSION_COOKIE).start()
+    stash = FakeStash(library.world, session_cookie=SESSION_COOKIE, **(stash_options or {})).start()
     return Servers(library, stash, stashdb)
 
 
@@ -230,14 +234,11 @@ def db(tmp_path) -> Path:
 
 
 def live_on(world, db: Path, on: bool = True) -> None:
-    """Set liveCache as a user would, and refresh the marker as the next cache run would.
+    """Set liveCache as a user would.
 
     The hook processes of these tests run with the plugin folder ``tmp_path`` (the db's grandparent).
     """
     world.plugin_settings["tagManager"] = {"cacheDbPath": str(db), **({"liveCache": True} if on else {})}
-    from tag_manager import remember_live_cache
-
-    remember_live_cache(db.parent.parent, on)
 
 
 @pytest.fixture
@@ -341,3 +342,14 @@ def run_tag_sync(servers: Servers, tmp_path: Path, dry_run: bool = False, **sett
 
     args = {"mode": "sync_scene_tags", "dry_run": "true"} if dry_run else None
     return run_sync_scene_tags(tag_sync_context(servers, tmp_path, args=args, **settings))
+
+
+def plugin_folder(plugins_dir: Path) -> Path:
+    """A Stash plugins folder holding this plugin as ``tagManager/`` (links to the runtime files and packages)."""
+    folder = plugins_dir / "tagManager"
+    folder.mkdir(parents=True)
+    for path in ROOT.iterdir():
+        runtime_package = path.is_dir() and path.name.startswith("tagman_")
+        if runtime_package or (path.suffix in (".py", ".yml") and path.is_file()):
+            (folder / path.name).symlink_to(path)
+    return folder

@@ -45,17 +45,6 @@ def test_status_without_a_cache(stash, db, world):
     assert "no cache yet" in str(status)
 
 
-def test_status_run_keeps_the_live_marker_in_step(synced, world, fake, tmp_path):
-    live_on(world, synced, on=False)
-    world.plugin_settings["tagManager"] = {"cacheDbPath": str(synced), "liveCache": True}
-    assert not (tmp_path / "data" / "live_cache.on").exists()
-    assert run_plugin(stash_input(fake, tmp_path, "cache_status")).returncode == 0
-    assert (tmp_path / "data" / "live_cache.on").exists()
-    world.plugin_settings["tagManager"] = {"cacheDbPath": str(synced)}
-    assert run_plugin(stash_input(fake, tmp_path, "cache_status")).returncode == 0
-    assert not (tmp_path / "data" / "live_cache.on").exists()
-
-
 def test_status_shows_last_run_counts(small_servers, tmp_path):
     assert run_plugin(stash_input(small_servers, tmp_path, "cache_full_sync")).returncode == 0
     world = small_servers.library.world

@@ -195,14 +195,16 @@ def _add_tags(world, names):
     return [world.add_entity("tag", name=n) for n in names]
 
 
-def test_paging_defaults_cap_and_all(world, fake):
+def test_paging_defaults_no_per_page_cap_and_all(world, fake):
     for i in range(1, 1101):
         world.add_entity("tag", name=f"t{i:05d}")
     q = "query($f: FindFilterType){ findTags(filter: $f) { count tags { id } } }"
     d = gql(fake, q)["findTags"]
     assert d["count"] == 1100 and len(d["tags"]) == 25
     d = gql(fake, q, {"f": {"per_page": 5000}})["findTags"]
-    assert len(d["tags"]) == 1000  # Stash caps per_page at 1000
+    assert len(d["tags"]) == 1100  # Stash has no upper limit on per_page
+    d = gql(fake, q, {"f": {"per_page": 0}})["findTags"]
+    assert d["tags"] == [] and d["count"] == 1100  # 0: only the count
     d = gql(fake, q, {"f": {"per_page": -1}})["findTags"]
     assert len(d["tags"]) == 1100
     d = gql(fake, q, {"f": {"per_page": 1000, "page": 2, "sort": "id"}})["findTags"]

@@ -82,7 +82,9 @@ def test_hooks_are_off_by_default(stash, db, world, fake, tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.document["output"]["status"] == "off"
     assert snapshot(db) == before
-    assert fake.count() == 0  # answered from the plugin folder: no marker, so liveCache is off
+    # the companion's hook, finding liveCache off, switches its own plugin off: no later event starts one
+    assert fake.requests("TagManagerSetPluginsEnabled") == [("TagManagerSetPluginsEnabled",
+                                                             {"enabledMap": {"tagManagerLiveCache": False}})]
     assert not run.log_lines("w") and not run.log_lines("e")
 
 
@@ -196,10 +198,8 @@ def test_stash_errors_exit_0_and_change_nothing(synced, world, fake, clock, tmp_
     assert snapshot(synced) == before
 
 
-def test_bad_hook_input_exits_0(fake, tmp_path):
-    from tag_manager import remember_live_cache
-
-    remember_live_cache(tmp_path, True)  # with liveCache off the input would not even be read
+def test_bad_hook_input_exits_0(fake, world, tmp_path):
+    world.plugin_settings["tagManager"] = {"liveCache": True}  # with liveCache off the input is not read
     run = run_plugin(stash_input(fake, tmp_path, "cache_hook", {"type": "Scene.Update.Post", "input": None}))
     assert run.returncode == 0 and run.document["output"]["status"] == "error"
 
@@ -311,9 +311,7 @@ def test_large_libraries_leave_image_derived_data_to_the_sync(synced, world, clo
 def test_hooks_fired_by_our_own_tag_sync_defer_at_once(fake, tmp_path):
     """Stash runs our hook for every scene a tag sync updates: while the sync holds its lock, it defers."""
     from tagman_base import file_lock as run_lock
-    from tag_manager import remember_live_cache
 
-    remember_live_cache(tmp_path, True)
     fake.clear_log()
     with run_lock.exclusive(tmp_path / "data" / "scene_tag_sync.lock"):
         run = run_plugin(stash_input(fake, tmp_path, "cache_hook", hook_context(3, "Scene.Update.Post", None)))

@@ -13,7 +13,8 @@ from tests.fakes.fake_stash import fake_schema
 from tests.reference import real_stash_schema, real_stashbox_schema
 
 
-STASH_MODULES = ["tagman_base.stash_client", "stashdb_scene_sync", "stashdb_tag_links"]
+STASH_MODULES = ["tagman_base.stash_client", "stashdb_scene_sync", "stashdb_tag_links", "tagman_base.stash_auth",
+                 "tagman_base.hook_switch"]
 STASHBOX_MODULES = ["stashdb_api"]
 
 

@@ -589,9 +589,26 @@ def test_fake_wrong_key_is_401_with_empty_body(fake):
     client = fake_client(fake, api_key="wrong")
     with pytest.raises(AuthError):
         client.find_scene("s1")
-    answer = requests.post(fake.url, json={"query": FIND_SCENE_QUERY}, timeout=5)
+    answer = requests.post(fake.url, json={"query": FIND_SCENE_QUERY}, headers={"ApiKey": "other"}, timeout=5)
     assert (answer.status_code, answer.content) == (401, b"")
     assert (fake.requests, fake.unauthorized, client.requests_sent) == (2, 2, 1)
+
+
+@pytest.mark.parametrize("headers", [{}, {"ApiKey": ""}])
+def test_fake_empty_key_is_anonymous_not_authorized(fake, headers):
+    body = {"query": FIND_SCENE_QUERY, "variables": {"id": "s1"}}
+    answer = requests.post(fake.url, json=body, headers=headers, timeout=5)
+    assert answer.status_code == 200
+    assert answer.json() == {"errors": [{"message": "not authorized", "path": ["findScene"]}], "data": None}
+    assert (fake.anonymous, fake.unauthorized) == (1, 0)
+
+
+def test_fake_records_user_agent(fake):
+    requests.post(fake.url, json={"query": FIND_SCENE_QUERY, "variables": {"id": "s1"}},
+                  headers={"ApiKey": API_KEY, "User-Agent": "probe/1"}, timeout=5)
+    requests.post(fake.url, json={"query": FIND_SCENE_QUERY, "variables": {"id": "s1"}},
+                  headers={"ApiKey": "wrong", "User-Agent": "probe/2"}, timeout=5)
+    assert fake.user_agents == ["probe/1", "probe/2"]
 
 
 def test_fake_injected_failures_are_retried(fake):
@@ -670,3 +687,19 @@ def test_phash_leading_zeros_never_duplicate(phashes):
     values = [int(fp.hash, 16) for fp in result]
     assert len(values) == len(set(values))
     assert set(values) == {v for v, _ in phashes}
+
+
+def test_every_request_carries_the_user_agent(fake):
+    from tagman_base.version import VERSION
+
+    client = fake_client(fake, sleep=lambda s: None)
+    client.find_scene("s1")
+    client.find_scenes_by_fingerprints([[Fingerprint("PHASH", "000000000000010a")]])
+    assert fake.user_agents == [f"tagManager/{VERSION}"] * 2
+
+
+def test_anonymous_answer_is_one_auth_error_after_one_request(fake):
+    client = fake_client(fake, api_key="", sleep=lambda s: None)
+    with pytest.raises(AuthError, match=r"not authorized.*Settings › Metadata Providers › Stash-box Endpoints"):
+        client.find_scene("s1")
+    assert (fake.requests, client.requests_sent) == (1, 1)

@@ -25,16 +25,18 @@ import copy
 import json
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
-from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
+from tests.fakes.stash_plugins import HookEvent, PluginHost, scan_events
+from tests.fakes.stash_sessions import DEFAULT_MAX_SESSION_AGE, SessionStore, authenticate, set_cookie_header
 from graphql import (
     GraphQLError,
     OperationDefinitionNode,
@@ -121,7 +123,7 @@ _SEARCH_FIELDS = {
     "scene": ("title", "details", "code"),
 }
 
-MAX_PER_PAGE = 1000  # Stash caps per_page at 1000 (negative per_page = all)
+# Stash has no upper limit on per_page ("removed the maxPerPage check"); negative = all, 0 = count only.
 
 
 class FakeStashError(Exception):
@@ -679,7 +681,7 @@ class World:
             return count, list(rows)
         page = ff.get("page")
         page = 1 if page is None or page < 1 else page
-        per_page = 25 if per_page is None else min(per_page, MAX_PER_PAGE)
+        per_page = 25 if per_page is None else per_page
         start = (page - 1) * per_page
         return count, rows[start:start + per_page]
 
@@ -942,7 +944,8 @@ def _tag_children(row, info):
 def _configuration(_root, info):
     world = info.context["world"]
     return {
-        "general": {"apiKey": world.api_key, "stashBoxes": world.stash_boxes},
+        "general": {"apiKey": world.api_key, "stashBoxes": world.stash_boxes,
+                    "maxSessionAge": int(getattr(world, "max_session_age", DEFAULT_MAX_SESSION_AGE))},
         "scraping": {"excludeTagPatterns": world.exclude_tag_patterns},
         "_world": world,
     }
@@ -955,14 +958,26 @@ def _config_plugins(cfg, info, include=None):
     return {p: copy.deepcopy(settings[p]) for p in include if settings.get(p)}
 
 
+def _fire(info, trigger, ids, input):  # noqa: A002
+    """Queue the post-commit hook events of a mutation that succeeded (one per entity)."""
+    events = info.context.get("events")
+    if events is not None:
+        fields = tuple(input.keys()) if isinstance(input, dict) else ()
+        events.extend(HookEvent(trigger, _int_id(i), _plain(input), fields) for i in ids)
+
+
 def _bulk_scene_update(_root, info, input):  # noqa: A002
     world = info.context["world"]
-    return world.update_scenes(input.get("ids") or [], input, bulk=True)
+    rows = world.update_scenes(input.get("ids") or [], input, bulk=True)
+    _fire(info, "Scene.Update.Post", [r["id"] for r in rows], input)
+    return rows
 
 
 def _scene_update(_root, info, input):  # noqa: A002
     world = info.context["world"]
-    return world.update_scenes([input["id"]], input, bulk=False)[0]
+    row = world.update_scenes([input["id"]], input, bulk=False)[0]
+    _fire(info, "Scene.Update.Post", [row["id"]], input)
+    return row
 
 
 def _tag_input_fields(inp):
@@ -997,7 +1012,9 @@ def _tag_create(_root, info, input):  # noqa: A002
     with world.lock:
         fields = _tag_input_fields(input)
         _check_tag_names(world, fields["name"], fields.get("aliases"))
-        return world._tables["tag"][world.add_entity("tag", **fields)]
+        tid = world.add_entity("tag", **fields)
+    _fire(info, "Tag.Create.Post", [tid], input)
+    return world._tables["tag"][tid]
 
 
 def _tag_update(_root, info, input):  # noqa: A002
@@ -1011,17 +1028,20 @@ def _tag_update(_root, info, input):  # noqa: A002
             fields.pop("name", None)
         _check_tag_names(world, fields.get("name"), fields.get("aliases"), tid)
         world.update_entity("tag", tid, **fields)
-        return world._tables["tag"][tid]
+    _fire(info, "Tag.Update.Post", [tid], input)
+    return world._tables["tag"][tid]
 
 
 def _tag_destroy(_root, info, input):  # noqa: A002
     info.context["world"].delete_entity("tag", input["id"])
+    _fire(info, "Tag.Destroy.Post", [input["id"]], input)
     return True
 
 
 def _tags_merge(_root, info, input):  # noqa: A002
     world = info.context["world"]
     world.merge_tags(input["source"], input["destination"])
+    _fire(info, "Tag.Merge.Post", [input["destination"]], input)
     return world._tables["tag"][_int_id(input["destination"])]
 
 
@@ -1030,6 +1050,16 @@ def _configure_plugin(_root, info, plugin_id, input):  # noqa: A002
     with world.lock:
         world.plugin_settings[plugin_id] = dict(input)
         return copy.deepcopy(world.plugin_settings[plugin_id])
+
+
+def _plugins(_root, info):
+    host = getattr(info.context["world"], "plugin_host", None)
+    return host.listing() if host is not None else []
+
+
+def _set_plugins_enabled(_root, info, enabledMap):  # noqa: N803 - GraphQL argument name
+    host = getattr(info.context["world"], "plugin_host", None)
+    return host.set_enabled(enabledMap) if host is not None else True
 
 
 def build_fake_schema():
@@ -1060,6 +1090,8 @@ def build_fake_schema():
         ("Mutation", "tagDestroy"): _tag_destroy,
         ("Mutation", "tagsMerge"): _tags_merge,
         ("Mutation", "configurePlugin"): _configure_plugin,
+        ("Query", "plugins"): _plugins,
+        ("Mutation", "setPluginsEnabled"): _set_plugins_enabled,
         ("Tag", "parents"): _tag_parents,
         ("Tag", "children"): _tag_children,
         ("Tag", "parent_count"): lambda r, i: len(_tag_parents(r, i)),
@@ -1159,14 +1191,15 @@ class GraphQLExecutor:
             self._docs[query] = entry
         return entry
 
-    def execute(self, query: str, variables=None, operation_name=None) -> dict:
+    def execute(self, query: str, variables=None, operation_name=None, events=None) -> dict:
+        """Run a request; the hook events of its committed mutations are appended to ``events``."""
         doc, errors, _ = self.prepare(query)
         if doc is None:
             return {"errors": errors, "data": None}
         with self.world.lock:
             result = execute_sync(self.schema, doc, variable_values=variables or None,
                                   operation_name=operation_name,
-                                  context_value={"world": self.world})
+                                  context_value={"world": self.world, "events": events})
         out = {}
         if result.errors:
             out["errors"] = [e.formatted for e in result.errors]
@@ -1196,8 +1229,10 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.server.fake._unregister_conn(self.connection)
 
-    def _send(self, status, body: bytes = b"", ctype="application/json"):
+    def _send(self, status, body: bytes = b"", ctype="application/json", cookie: str | None = None):
         self.send_response(status)
+        if cookie:
+            self.send_header("Set-Cookie", set_cookie_header(cookie, self.server.fake.sessions.max_age))
         if body:
             self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -1235,21 +1270,6 @@ class _Handler(BaseHTTPRequestHandler):
             payload, err = {}, f"json request body could not be decoded: {e}"
         self._handle(payload, err)
 
-    def _authorized(self, fake) -> bool:
-        if fake.session_cookie is None and fake.api_key is None:
-            return True
-        if fake.api_key is not None and self.headers.get("ApiKey") == fake.api_key:
-            return True
-        if fake.session_cookie is not None:
-            for header in self.headers.get_all("Cookie") or ():
-                try:
-                    c = SimpleCookie(header)
-                except CookieError:
-                    continue
-                if "session" in c and c["session"].value == fake.session_cookie:
-                    return True
-        return False
-
     def _handle(self, payload, decode_error):
         fake = self.server.fake
         query = payload.get("query") or ""
@@ -1277,21 +1297,25 @@ class _Handler(BaseHTTPRequestHandler):
                 if isinstance(body, str):
                     body = body.encode()
                 return self._send(status, body, "text/plain")
-        if not self._authorized(fake):
+        auth = fake._authenticate(self.headers)
+        if not auth.allowed:
             return self._send(401)
+        cookie = auth.refreshed_cookie
         if decode_error is not None:
             body = {"errors": [{"message": decode_error}], "data": None}
-            return self._send(400, json.dumps(body).encode())
+            return self._send(400, json.dumps(body).encode(), cookie=cookie)
         if not query:
             body = {"errors": [{"message": "no operation provided",
                                 "extensions": {"code": "GRAPHQL_VALIDATION_FAILED"}}],
                     "data": None}
-            return self._send(422, json.dumps(body).encode())
+            return self._send(422, json.dumps(body).encode(), cookie=cookie)
+        events: list = []
         try:
-            result = fake.executor.execute(query, variables, op_name)
+            result = fake.executor.execute(query, variables, op_name, events=events)
         except Exception as e:  # noqa: BLE001 - report like a server error
             result = {"errors": [{"message": str(e)}], "data": None}
-        self._send(200, json.dumps(result, separators=(",", ":")).encode())
+        fake.run_hooks(events)  # Stash waits for every hook process before it answers
+        self._send(200, json.dumps(result, separators=(",", ":")).encode(), cookie=cookie)
 
 
 class _Server(ThreadingHTTPServer):
@@ -1310,7 +1334,9 @@ class FakeStash:
     """
 
     def __init__(self, world: World, session_cookie: str | None = None,
-                 api_key: str | None = None, port: int = 0, host: str = "127.0.0.1"):
+                 api_key: str | None = None, port: int = 0, host: str = "127.0.0.1",
+                 plugins_dir: str | Path | None = None, sessions: SessionStore | None = None,
+                 tls: tuple[str, str] | None = None):
         self.world = world
         self.session_cookie = session_cookie
         self.api_key = api_key
@@ -1318,6 +1344,17 @@ class FakeStash:
             world.api_key = api_key
         self.host = host
         self.port = port
+        # Sessions like Stash's: with credentials set (a session cookie or an API key), cookies
+        # expire max_session_age after they were issued and every cookie request refreshes it.
+        self.sessions = sessions or SessionStore()
+        world.max_session_age = self.sessions.max_age
+        if session_cookie is not None:  # the cookie Stash handed to the task, issued now
+            self.sessions.register(session_cookie)
+        self.auth_log: list[tuple] = []  # (operation, how authenticated, session cookies sent)
+        # Hook dispatch is opt-in: only a fake given a plugins folder starts hook processes.
+        self.plugins = PluginHost(Path(plugins_dir)) if plugins_dir is not None else None
+        world.plugin_host = self.plugins
+        self.tls = tls
         self.executor = GraphQLExecutor(world)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -1330,7 +1367,7 @@ class FakeStash:
     # ------------------------------------------------------------ lifecycle
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def graphql_url(self) -> str:
@@ -1344,6 +1381,10 @@ class FakeStash:
         if self._server is not None:
             return self
         server = _Server((self.host, self.port), _Handler)
+        if self.tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            server.socket = context.wrap_socket(server.socket, server_side=True)
         server.fake = self
         self.port = server.server_address[1]
         self._server = server
@@ -1388,6 +1429,41 @@ class FakeStash:
     def _unregister_conn(self, conn):
         with self._lock:
             self._conns.discard(conn)
+
+    # ------------------------------------------------------------ auth, sessions, hooks
+    def _authenticate(self, headers):
+        """Decide one request as Stash does (see ``stash_sessions``); ages the session clock."""
+        self.sessions.tick()
+        api_key = self.api_key or self.world.api_key or None  # configuration.general.apiKey is accepted
+        credentials = self.session_cookie is not None or bool(api_key)
+        if self.session_cookie is not None and self.sessions.issued_at(self.session_cookie) is None:
+            self.sessions.register(self.session_cookie)
+        outcome = authenticate(self.sessions if credentials else None, api_key, headers)
+        with self._lock:
+            self.auth_log.append((outcome.kind, outcome.session_cookies_sent))
+        return outcome
+
+    def plugin_cookie(self) -> dict | None:
+        """A fresh ``SessionCookie`` for a plugin process, as Stash makes one per task or hook."""
+        if self.session_cookie is None and not (self.api_key or self.world.api_key):
+            return None
+        return {"Name": "session", "Value": self.sessions.issue(), "Path": "", "Domain": "",
+                "Expires": "0001-01-01T00:00:00Z", "RawExpires": "", "MaxAge": 0, "Secure": False,
+                "HttpOnly": False, "SameSite": 0, "Raw": "", "Unparsed": None}
+
+    def server_connection(self, plugin_dir: str | Path) -> dict:
+        """``server_connection`` exactly as Stash writes it for a task or hook of a plugin."""
+        return {"Scheme": "https" if self.tls else "http", "Host": "0.0.0.0", "Port": self.port,
+                "SessionCookie": self.plugin_cookie(), "Dir": str(plugin_dir), "PluginDir": str(plugin_dir)}
+
+    def run_hooks(self, events) -> None:
+        """Start the hook processes of committed mutations (nothing without a plugins folder)."""
+        if self.plugins is not None and events:
+            self.plugins.dispatch(events, lambda: self.server_connection(self.plugins.plugins_dir))
+
+    def fire_scan(self, scene_ids, created: bool = False) -> None:
+        """The hooks a library scan fires for these scenes (input null), waiting for each."""
+        self.run_hooks(scan_events(scene_ids, created))
 
     # ------------------------------------------------------------ log
     def _log(self, op_name, variables):

@@ -140,8 +140,10 @@ class FakeStashDB:
             self.requests = 0
             self.throttled = 0
             self.unauthorized = 0
+            self.anonymous = 0
             self.operations: Counter[str] = Counter()
             self.calls: list[dict] = []
+            self.user_agents: list[str | None] = []  # the User-Agent header of every request
 
     def fail_next(self, n: int = 1, status: int = 500, body: bytes | str = b"", headers: dict | None = None) -> None:
         """Answer the next `n` authorised requests with this status, body and headers instead of executing them."""
@@ -156,10 +158,20 @@ class FakeStashDB:
 
     # -- request handling (called from handler threads) ----------------------------------------
 
-    def admit(self, api_key: str | None, arrived: float) -> tuple[tuple[int, bytes, dict] | None, float]:
-        """Count a request; return (refusal or None to execute it, seconds to stall first)."""
+    def admit(self, api_key: str | None, arrived: float,
+              user_agent: str | None = None) -> tuple[tuple[int, bytes, dict] | None, float]:
+        """Count a request; return (refusal or None to execute it, seconds to stall first).
+
+        A missing or empty key is anonymous: stash-box executes the request, and every field
+        guarded by ``@hasRole(READ)`` answers "not authorized" (see ``execute``). A wrong
+        non-empty key is HTTP 401 with an empty body.
+        """
         with self._lock:
             self.requests += 1
+            self.user_agents.append(user_agent)
+            if not api_key:
+                self.anonymous += 1
+                return None, 0.0
             if api_key != self.api_key:
                 self.unauthorized += 1
                 return (401, b"", {}), 0.0
@@ -181,7 +193,7 @@ class FakeStashDB:
             return None
         return max(1, math.ceil(early_by))
 
-    def execute(self, payload: object) -> tuple[int, dict]:
+    def execute(self, payload: object, anonymous: bool = False) -> tuple[int, dict]:
         """Run one GraphQL request body; return (HTTP status, JSON answer) as gqlgen would."""
         if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
             return 400, {"errors": [{"message": "no query in request body"}], "data": None}
@@ -194,6 +206,9 @@ class FakeStashDB:
         if problems:
             return 422, {"errors": [p.formatted for p in problems], "data": None}
         self._record(payload, document, variables)
+        if anonymous:  # every query field of ours is guarded by @hasRole(READ)
+            fields = [sel.name.value for op in document.definitions for sel in op.selection_set.selections]
+            return 200, {"errors": [{"message": "not authorized", "path": [f]} for f in fields], "data": None}
         result = graphql_sync(
             self.schema, payload["query"], root_value=self._root(), variable_values=variables,
             operation_name=payload.get("operationName"),
@@ -289,13 +304,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"not found", {"Content-Type": "text/plain"})
             return
         fake = self.server.fake
-        refusal, delay = fake.admit(self.headers.get("ApiKey"), arrived)
+        api_key = self.headers.get("ApiKey")
+        refusal, delay = fake.admit(api_key, arrived, self.headers.get("User-Agent"))
         if delay:
             time.sleep(delay)
         if refusal is not None:
             self._send(*refusal)
             return
-        self._send_json(*fake.execute(_decode(body)))
+        payload = _decode(body)
+        self._send_json(*(fake.execute(payload) if api_key else fake.execute(payload, anonymous=True)))
 
     def do_GET(self) -> None:  # noqa: N802 - http.server naming
         """Only POST is served."""
