@@ -22,7 +22,7 @@ DEFAULT_BOX_REQUESTS_PER_MINUTE = 240
 MAX_RETRY_AFTER_S = 300.0
 SENT_ALGORITHMS = ("OSHASH", "PHASH")
 
-SCENE_SELECTION = "id deleted tags { id name aliases deleted }"
+SCENE_SELECTION = "id deleted updated tags { id name aliases deleted }"
 
 FIND_SCENES_BY_FINGERPRINTS_QUERY = (
     "query FindScenesBySceneFingerprints($fingerprints: [[FingerprintQueryInput!]!]!) {\n"
@@ -117,6 +117,7 @@ class StashDBScene:
     id: str
     deleted: bool
     tags: tuple[StashDBTag, ...]
+    updated: str | None = None  # stash-box's microsecond UTC text; moves on every applied scene edit
 
 
 def _tag_from_json(tag: dict) -> StashDBTag:
@@ -135,6 +136,7 @@ def _scene_from_json(scene: dict) -> StashDBScene:
         id=str(scene["id"]),
         deleted=bool(scene.get("deleted", False)),
         tags=tuple(_tag_from_json(t) for t in scene.get("tags") or ()),
+        updated=str(scene["updated"]) if scene.get("updated") is not None else None,
     )
 
 

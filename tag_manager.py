@@ -41,8 +41,6 @@ from tm_errors import RunLockedError, SettingsError, TagManagerError
 PLUGIN_DIR = Path(__file__).resolve().parent
 RUNTIME_REQUIREMENTS = ("requests", "stashapi")
 TRUE_WORDS = {"true", "1", "yes", "on"}
-# Aim 2 % under the stash-box limit: scheduling jitter must never make two requests look too close.
-RATE_SAFETY_FACTOR = 0.98
 
 log = logging.getLogger(plugin_log.LOGGER_NAME)
 
@@ -97,6 +95,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="preview only: change nothing")
     parser.add_argument("--since", default=None, help="cache_incremental_sync: RFC3339 time to sync from")
     parser.add_argument("--id", default=None, help="cache_sync_scene: the scene id")
+    parser.add_argument("--endpoint", default=None, help="reset_sync_history: forget only this stash-box (URL or name)")
     parser.add_argument("--entities", default=None,
                         help="cache modes: comma separated subset of studios,tags,performers,groups,galleries,scenes,images")
     parser.add_argument("--full-every", default=None, dest="full_every",
@@ -114,7 +113,7 @@ def parse_command_line(argv: list[str]) -> Invocation:
     args: dict[str, Any] = {"mode": options.mode}
     if options.dry_run:
         args["dry_run"] = "true"
-    for name in ("since", "id", "interval", "heartbeat", "entities", "full_every"):
+    for name in ("since", "id", "interval", "heartbeat", "entities", "full_every", "endpoint"):
         if getattr(options, name) is not None:
             args[name] = getattr(options, name)
     api_key = options.api_key or os.environ.get("STASH_API_KEY") or None
@@ -127,30 +126,37 @@ def is_true(value: Any) -> bool:
 
 
 def run_sync_scene_tags(ctx: RunContext):
-    """Mode ``sync_scene_tags``: StashDB tags onto linked scenes (or a preview of it)."""
+    """Mode ``sync_scene_tags``: StashDB tags onto linked scenes of every stash-box (or a preview of it)."""
     from settings import TagBlacklist
-    from stash_client import select_stash_box
-    from stashdb_api import StashDBClient, TokenBucket, effective_rate_per_minute
-    from stashdb_scene_sync import SceneTagSync
+    from stash_client import stash_boxes_to_sync
+    from stashdb_scene_sync import sync_boxes
 
     boxes, exclude_patterns = ctx.stash.stash_boxes_and_exclusions()
     for box in boxes:
         plugin_log.redactor.add(box.api_key)
-    box = select_stash_box(boxes, ctx.settings.stash_box_endpoint)
+    chosen = stash_boxes_to_sync(boxes, ctx.settings.stash_box_endpoint)
     blacklist = TagBlacklist.parse(ctx.settings.tag_blacklist, exclude_patterns)
-    rate_per_minute = effective_rate_per_minute(box.max_requests_per_minute, ctx.settings.max_requests_per_minute)
-    limiter = TokenBucket(rate_per_minute * RATE_SAFETY_FACTOR / 60.0)
-    stashdb = StashDBClient(box.endpoint, box.api_key, limiter, sleep=ctx.sleep)
     dry_run = ctx.settings.sync_dry_run or is_true(ctx.args.get("dry_run"))
-    log.info(f"Syncing scene tags from {box.endpoint} at up to {rate_per_minute:g} requests/min"
-             + (" (dry run)" if dry_run else ""))
-    sync = SceneTagSync(ctx.stash, stashdb, box, blacklist, dry_run, ctx.plugin_dir / "reports", progress=ctx.progress)
+
+    def run():
+        return sync_boxes(ctx.stash, chosen, blacklist, ctx.settings, dry_run, ctx.plugin_dir,
+                          progress=ctx.progress, sleep=ctx.sleep)
+
     if dry_run:
-        return sync.run()
+        return run()
     import hook_gate
 
     with single_run(ctx.plugin_dir / hook_gate.TAG_SYNC_LOCK, "A scene tag sync"):
-        return sync.run()
+        return run()
+
+
+def run_reset_sync_history(ctx: RunContext):
+    """Mode ``reset_sync_history``: forget which StashDB tags were settled (argument ``endpoint``: one box only)."""
+    import hook_gate
+    from stashdb_scene_sync import reset_sync_history
+
+    with single_run(ctx.plugin_dir / hook_gate.TAG_SYNC_LOCK, "A scene tag sync"):
+        return reset_sync_history(ctx.stash, ctx.plugin_dir, str(ctx.args.get("endpoint") or "").strip())
 
 
 @contextlib.contextmanager
@@ -201,6 +207,7 @@ def run_live_mode(name: str) -> Callable[[RunContext], Any]:
 
 MODES: dict[str, Callable[[RunContext], Any]] = {
     "sync_scene_tags": run_sync_scene_tags,
+    "reset_sync_history": run_reset_sync_history,
     "cache_full_sync": run_cache_mode("full"),
     "cache_incremental_sync": run_cache_mode("incremental"),
     "cache_smart_sync": run_cache_mode("smart"),

@@ -3,7 +3,12 @@
 World shape::
 
     {"scenes": {"<uuid>": {"id", "title", "deleted", "tags": [{"id", "name", "aliases", "deleted"}],
-                           "fingerprints": [{"algorithm", "hash", "duration"}]}}}
+                           "fingerprints": [{"algorithm", "hash", "duration"}], "updated"}}}
+
+``updated`` is stash-box's microsecond UTC text; scenes without one get a fixed 2025 instant at
+start. ``edit_scene`` and ``merge_scenes`` model applied edits as stash-box applies them (see
+``../shared/reference/stash-behaviour.md``): deleted scenes are never returned by fingerprint,
+``findScene`` returns them with ``deleted: true`` and does not follow merges.
 
 Requests are executed with graphql-core against ``stashdb_fake.graphql``, a strict subset of the
 real stash-box schema, so a query with a wrong field fails as it would against StashDB.
@@ -18,6 +23,8 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -26,6 +33,20 @@ from graphql import GraphQLError, build_schema, graphql_sync, parse, validate
 SDL_PATH = Path(__file__).with_name("stashdb_fake.graphql")
 MAX_FINGERPRINT_LISTS = 40
 DEFAULT_API_KEY = "fake-stashdb-key"
+INITIAL_UPDATED = datetime(2025, 1, 1, tzinfo=timezone.utc)
+
+
+def stashbox_time(moment: datetime) -> str:
+    """stash-box's ``updated`` text: UTC, microseconds with trailing zeros dropped (Go's RFC3339Nano)."""
+    text = moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f").rstrip("0").rstrip(".")
+    return text + "Z"
+
+
+def stamp_missing_updated(world: dict) -> None:
+    """Give every scene without ``updated`` a distinct fixed instant (one second apart, in world order)."""
+    for index, scene in enumerate(world.get("scenes", {}).values()):
+        if not scene.get("updated"):
+            scene["updated"] = stashbox_time(INITIAL_UPDATED + timedelta(seconds=index))
 
 
 def load_schema():
@@ -71,8 +92,11 @@ class FakeStashDB:
         host: str = "127.0.0.1",
         port: int = 0,
         tolerance_s: float = 0.02,
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
         self.world = world
+        self.clock = clock
+        stamp_missing_updated(world)
         self.api_key = api_key
         self.max_requests_per_minute = max_requests_per_minute
         self.tolerance_s = tolerance_s
@@ -146,6 +170,40 @@ class FakeStashDB:
         with self._lock:
             self._delays.extend([seconds] * n)
 
+    # -- edits, as stash-box applies them ------------------------------------------------------
+
+    def edit_scene(self, scene_id: str, tags: list[dict] | None = None, started_at: datetime | None = None) -> str:
+        """Apply an edit to a scene (new tag list): ``updated`` becomes the edit's start; returns it.
+
+        stash-box stamps ``now()``, the transaction's start, so an edit that commits late can carry
+        an ``updated`` older than one a reader has already seen: pass ``started_at`` to model that.
+        """
+        with self._lock:
+            scene = self.world["scenes"][scene_id]
+            if tags is not None:
+                scene["tags"] = list(tags)
+            scene["updated"] = stashbox_time(started_at or self.clock())
+            return scene["updated"]
+
+    def merge_scenes(self, source_id: str, target_id: str) -> None:
+        """Merge one scene into another: the source is deleted, its fingerprints move, both sides' ``updated`` move."""
+        with self._lock:
+            scenes = self.world["scenes"]
+            source, target = scenes[source_id], scenes[target_id]
+            now = stashbox_time(self.clock())
+            target["fingerprints"] = list(target.get("fingerprints", ())) + list(source.get("fingerprints", ()))
+            source["fingerprints"] = []
+            source["deleted"] = True
+            source["updated"] = target["updated"] = now
+            self.index = build_fingerprint_index(self.world)
+
+    def delete_scene(self, scene_id: str) -> None:
+        """Delete a scene as an applied destroy edit does (``deleted`` set, ``updated`` moves)."""
+        with self._lock:
+            scene = self.world["scenes"][scene_id]
+            scene["deleted"] = True
+            scene["updated"] = stashbox_time(self.clock())
+
     # -- request handling (called from handler threads) ----------------------------------------
 
     def admit(self, api_key: str | None, arrived: float) -> tuple[tuple[int, bytes, dict] | None, float]:
@@ -214,7 +272,8 @@ class FakeStashDB:
         return [self._scenes_matching(group) for group in fingerprints]
 
     def _scenes_matching(self, group: list[dict]) -> list[dict]:
-        """Deduplicated scenes having any fingerprint of the group; MD5 is ignored like StashDB does."""
+        """Live scenes having any fingerprint of the group, deduplicated; MD5 is ignored like StashDB does
+        and deleted scenes are never returned (``scene.sql`` filters ``deleted = false``)."""
         scenes = self.world.get("scenes", {})
         ids: list[str] = []
         for fp in group:
@@ -223,7 +282,7 @@ class FakeStashDB:
             for scene_id in self.index.get(fingerprint_key(fp["algorithm"], fp["hash"]), ()):
                 if scene_id not in ids:
                     ids.append(scene_id)
-        return [scenes[i] for i in ids]
+        return [scenes[i] for i in ids if not scenes[i].get("deleted")]
 
 
 def _first_operation_name(document) -> str | None:

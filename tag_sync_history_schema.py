@@ -1,0 +1,110 @@
+"""Schema of the scene tag sync history (``data/scene_tag_sync.sqlite3`` in the plugin folder).
+
+The schema lives only here. ``PRAGMA user_version`` holds the version of a file; ``migrate()``
+applies the missing steps of ``MIGRATIONS`` in order, each with its version bump in one
+transaction, and refuses a file written by a newer version.
+
+Tables (every key starts with the stash-box endpoint, so each box has its own history):
+
+``scene_answers``  one row per (endpoint, scene, StashDB scene) the sync has settled: the StashDB
+                   tags of its last answer (JSON ``[[id, name, deleted], ...]``) and StashDB's
+                   ``updated`` text of that answer. A scene re-linked to another StashDB scene has
+                   a new key and starts fresh.
+``settled_tags``   per such scene, every StashDB tag the sync has settled: the local tag it
+                   matched and whether the sync added it (``added``) or the scene already had it
+                   (``present``). A settled tag is never added again, so a tag the user removed
+                   stays removed.
+
+Transactions go through the project's one ``atomic()`` helper (today in ``cache_schema``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from cache_schema import atomic
+from tm_errors import SyncHistoryError
+
+SCHEMA_VERSION = 1
+HISTORY_FILE = Path("data") / "scene_tag_sync.sqlite3"
+BUSY_TIMEOUT_MS = 30_000
+
+_V1 = [
+    """CREATE TABLE scene_answers (
+        endpoint TEXT NOT NULL,
+        scene_id INTEGER NOT NULL,
+        stashdb_id TEXT NOT NULL,
+        stashdb_updated TEXT,
+        remote_tags TEXT NOT NULL,
+        checked_at TEXT NOT NULL,
+        PRIMARY KEY (endpoint, scene_id, stashdb_id)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE settled_tags (
+        endpoint TEXT NOT NULL,
+        scene_id INTEGER NOT NULL,
+        stashdb_id TEXT NOT NULL,
+        stashdb_tag_id TEXT NOT NULL,
+        local_tag_id INTEGER NOT NULL,
+        origin TEXT NOT NULL CHECK (origin IN ('added', 'present')),
+        settled_at TEXT NOT NULL,
+        PRIMARY KEY (endpoint, scene_id, stashdb_id, stashdb_tag_id)
+    ) WITHOUT ROWID""",
+]
+
+# (version, description, statements); each step runs in one transaction with its version bump.
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (1, "settled StashDB tags and last StashDB answer per box, scene and StashDB scene", _V1),
+]
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The ``user_version`` of the open file."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
+    """Bring the file up to ``target``; returns the version found before. Refuses newer files."""
+    found = schema_version(conn)
+    if found > SCHEMA_VERSION:
+        raise SyncHistoryError(
+            f"The scene tag sync history was written by a newer version of tagManager (schema {found}, "
+            f"this version understands up to {SCHEMA_VERSION}). Update the plugin, or run "
+            "'Reset Scene Tag Sync History'."
+        )
+    if found == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+        raise SyncHistoryError(
+            "The scene tag sync history file holds tables tagManager did not create. "
+            "Run 'Reset Scene Tag Sync History' to start a fresh history."
+        )
+    for version, _description, statements in MIGRATIONS:
+        if found < version <= target:
+            with atomic(conn):
+                for sql in statements:
+                    conn.execute(sql)
+                conn.execute(f"PRAGMA user_version = {int(version)}")
+    return found
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (creating if needed) the history file in WAL mode and bring its schema up to date."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        conn = sqlite3.connect(str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")  # once, outside any transaction
+        migrate(conn)
+    except sqlite3.DatabaseError as exc:
+        raise SyncHistoryError(
+            f"The scene tag sync history {path} cannot be read ({exc}). "
+            "Run 'Reset Scene Tag Sync History' to start a fresh history."
+        ) from None
+    return conn
+
+
+def schema_signature(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    """(type, name, normalised SQL) of every schema object, for comparing two files."""
+    rows = conn.execute(
+        "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name"
+    ).fetchall()
+    return [(t, n, " ".join((s or "").split())) for t, n, s in rows]
