@@ -178,3 +178,18 @@ def test_second_box_key_never_leaks(two_boxes, tmp_path):
         assert secret not in run.stdout and secret not in run.stderr
     output = run.document["output"]
     assert len(output["boxes"]) == 2
+
+
+def test_reset_of_one_box_keeps_the_other_boxes_history(two_boxes, tmp_path):
+    from tag_manager import run_reset_sync_history
+
+    servers, second = two_boxes
+    run_sync_scene_tags(context(servers, tmp_path))
+    ctx = context(servers, tmp_path)
+    reset = run_reset_sync_history(RunContext(ctx.stash, ctx.settings, {"mode": "reset_sync_history",
+                                                                        "endpoint": "Second Box"},
+                                              tmp_path, ctx.progress, ctx.sleep))
+    assert reset.endpoints == (second.url,) and reset.scenes_forgotten > 0
+    with sqlite3.connect(tag_sync_history.history_path(tmp_path)) as conn:
+        endpoints = {row[0] for row in conn.execute("SELECT endpoint FROM scene_answers")}
+    assert endpoints == {servers.library.endpoint}
