@@ -36,6 +36,12 @@ FIND_SCENE_QUERY = (
     "}"
 )
 
+QUERY_SCENES_BY_UPDATED_QUERY = (
+    "query QueryScenesByUpdated($input: SceneQueryInput!) {\n"
+    f"  queryScenes(input: $input) {{ count scenes {{ {SCENE_SELECTION} }} }}\n"
+    "}"
+)
+
 AUTH_MESSAGE = (
     "StashDB rejected the API key (HTTP {status}). "
     "Check the API key under Settings › Metadata Providers › Stash-box Endpoints."
@@ -236,6 +242,15 @@ class StashDBClient:
         data = self._execute("FindScene", FIND_SCENE_QUERY, {"id": scene_id})
         scene = data.get("findScene")
         return _scene_from_json(scene) if scene is not None else None
+
+    def scenes_by_updated(self, page: int, per_page: int) -> tuple[int, list[StashDBScene]]:
+        """One page of StashDB's live scenes, most recently updated first, and the count of all of them."""
+        variables = {"input": {"sort": "UPDATED_AT", "direction": "DESC", "page": page, "per_page": per_page}}
+        data = self._execute("QueryScenesByUpdated", QUERY_SCENES_BY_UPDATED_QUERY, variables)
+        result = data.get("queryScenes")
+        if not isinstance(result, dict) or not isinstance(result.get("scenes"), list):
+            raise StashDBError(f"StashDB answered QueryScenesByUpdated with {_shape(result)}")
+        return int(result.get("count") or 0), [_scene_from_json(s) for s in result["scenes"] if s is not None]
 
     def _execute(self, operation: str, query: str, variables: dict) -> dict:
         """Send one GraphQL operation with the retry policy; return its `data`."""

@@ -23,7 +23,7 @@ import string
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -39,13 +39,20 @@ from stashdb_api import (
     effective_rate_per_minute,
     fingerprints_from_stash_files,
 )
+from stashdb_change_feed import FeedPolicy, FeedRead, full_path_cost, full_reason, read_feed, utc_text
 from tag_sync_history import (
     ADDED,
+    DELETED,
+    LIVE,
+    MISSING,
     PRESENT,
+    BoxState,
     ResetResult,
     SceneRecord,
     SettledTag,
+    StoredAnswer,
     SyncHistory,
+    decode_remote_tags,
     history_endpoints,
     history_path,
     open_history,
@@ -80,6 +87,8 @@ RATE_SAFETY_FACTOR = 0.98
 REPORT_HEADER = ["scene_id", "title", "stashdb_id", "matched_by", "tags_to_add", "tags_unmatched",
                  "skipped_by_history", "note", "endpoint"]
 FAILED = object()  # a StashDB request that failed for good and was skipped
+UNCERTAIN = object()  # a scene the stored answers cannot settle: look it up as a full run would
+HISTORY_CHUNK = 500  # scenes whose stored answers are read per history query
 ASCII_FOLD = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 ALL_TAGS_QUERY = """
@@ -89,7 +98,7 @@ query TagSyncTags($filter: FindFilterType) {
 
 LINKED_SCENE_IDS_QUERY = """
 query TagSyncLinkedSceneIds($scene_filter: SceneFilterType, $filter: FindFilterType) {
-  findScenes(scene_filter: $scene_filter, filter: $filter) { count scenes { id updated_at } }
+  findScenes(scene_filter: $scene_filter, filter: $filter) { count scenes { id updated_at stash_ids { endpoint stash_id } } }
 }"""
 
 SCENE_DETAILS_QUERY = """
@@ -179,6 +188,8 @@ class TagSyncResult:
     tags_deleted_on_stashdb: int = 0
     tags_skipped_by_history: int = 0
     probable_merges: int = 0
+    scenes_from_feed: int = 0  # linked scenes whose StashDB answer came from the change feed
+    scenes_rematched: int = 0  # linked scenes re-read from Stash to apply a stored or fed answer
     errors: int = 0
     stashdb_requests: int = 0
     stash_mutations: int = 0
@@ -186,6 +197,8 @@ class TagSyncResult:
     report_path: str | None = None
     unmatched_tag_names: tuple[str, ...] = ()
     merged_scenes: tuple[tuple[int, str, str], ...] = ()  # (scene id, linked StashDB id, probably merged into)
+    strategy: str = "full"  # "full": fingerprint batches for every scene; "feed": StashDB's change feed
+    strategy_reason: str = ""
     boxes: tuple[TagSyncResult, ...] = ()  # per stash-box results (in the run's total only)
 
     def __str__(self) -> str:
@@ -204,6 +217,8 @@ class TagSyncResult:
             f"{self.scenes_seen} linked scenes, {self.matched_by_fingerprint} matched by fingerprint, "
             f"{self.matched_by_id} by id, {self.not_found} not found, {self.deleted_on_stashdb} deleted on StashDB, "
             f"{self.probable_merges} probably merged on StashDB; "
+            f"{self.strategy} run{f' ({self.strategy_reason})' if self.strategy_reason else ''}, "
+            f"{self.scenes_from_feed} scenes changed on StashDB, {self.scenes_rematched} re-matched; "
             f"{verb} {self.scenes_updated} scenes with {self.tags_added} tags; "
             f"{self.tags_skipped_by_history} tags not re-added (removed since an earlier sync), "
             f"{self.tags_unmatched} unmatched, {self.tags_blacklisted} blacklisted, "
@@ -221,9 +236,10 @@ def combine_results(results: Sequence[TagSyncResult], dry_run: bool, elapsed_s: 
     totals = {name: sum(getattr(r, name) for r in results) for name in COUNTER_FIELDS}
     unmatched = tuple(dict.fromkeys(n for r in results for n in r.unmatched_tag_names))[:UNMATCHED_NAMES_KEPT]
     merged = tuple(m for r in results for m in r.merged_scenes)[:MERGES_KEPT]
+    strategy = "+".join(dict.fromkeys(r.strategy for r in results)) or "full"
     return TagSyncResult(dry_run=dry_run, endpoint=", ".join(r.endpoint for r in results), **totals,
                          elapsed_s=round(elapsed_s, 3), report_path=report_path, unmatched_tag_names=unmatched,
-                         merged_scenes=merged, boxes=tuple(results))
+                         merged_scenes=merged, strategy=strategy, boxes=tuple(results))
 
 
 @dataclass
@@ -392,7 +408,9 @@ class SceneTagSync:
 
     def __init__(self, stash: StashClient, stashdb: StashDBClient, box: StashBox, blacklist: TagBlacklist,
                  dry_run: bool, progress: Callable[[float], None] = lambda f: None,
-                 clock: Callable[[], float] = time.monotonic, history: SyncHistory | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, history: SyncHistory | None = None,
+                 policy: FeedPolicy = FeedPolicy(),
+                 wall_clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
         self.stash = stash
         self.stashdb = stashdb
         self.endpoint = box.endpoint
@@ -401,6 +419,14 @@ class SceneTagSync:
         self.progress = progress
         self.clock = clock
         self.history = history
+        self.policy = policy
+        self.wall_clock = wall_clock
+        self.strategy, self.strategy_reason = "full", ""
+        self.state: BoxState | None = None
+        self.new_mark: str | None = None
+        self.overlap_items = 0
+        self.full_fallbacks = 0
+        self.match_cache: dict[tuple[str, str, bool], LocalTag | None] = {}
         self.recorder = HistoryRecorder(None if dry_run else history)
         self.counters: Counter = Counter()  # TagSyncResult field name -> count
         self.unmatched_names: Counter = Counter()
@@ -415,23 +441,142 @@ class SceneTagSync:
 
     def run(self) -> TagSyncResult:
         """Match, look up and write; flush pending writes even when StashDB fails for good."""
-        started = self.clock()
+        started, run_started = self.clock(), self.wall_clock()
         self.matcher = load_tag_matcher(self.stash, self.endpoint)
-        scene_ids = linked_scene_ids(self.stash, self.endpoint)
+        links = linked_scenes(self.stash, self.endpoint)
+        scene_ids = list(links)
         if self.dry_run:
             scene_ids = scene_ids[:PREVIEW_LIMIT]
         log.info(f"{len(scene_ids)} scenes linked to {self.endpoint} to check"
                  + (f" (preview limited to {PREVIEW_LIMIT})" if self.dry_run else ""))
         self.total_units = len(scene_ids)
         try:
-            fallbacks = self.fingerprint_pass(scene_ids)
-            self.id_pass(fallbacks)
+            self.sync_scenes(scene_ids, links, run_started)
         except StashDBError:
             self.flush()  # the writes already decided still land when StashDB gives out
             raise
         self.flush()
+        self.save_state(run_started)
         self.progress(1.0)
         return self.result(self.clock() - started)
+
+    def sync_scenes(self, scene_ids: list[int], links: dict[int, tuple[str, ...]], run_started: datetime) -> None:
+        """Use the change feed when the history allows it and it is cheaper; else check every scene."""
+        if self.dry_run or self.history is None:
+            self.full_pass(scene_ids)
+            return
+        self.state = self.history.box_state()
+        reason = full_reason(self.state, self.policy, run_started)
+        budget = full_path_cost(len(scene_ids), self.state.full_fallbacks if self.state else 0)
+        if not reason:
+            feed = self.ask_stashdb(lambda: read_feed(self.stashdb, self.state, self.policy, budget))
+            reason = "the change feed could not be read" if feed is FAILED else feed.refused
+            if not reason:
+                log.info(f"Change feed of {self.endpoint}: {len(feed.items)} StashDB scenes changed since "
+                         f"{self.state.feed_mark} ({feed.requests} requests instead of about {budget} for fingerprint "
+                         "batches); the other scenes are re-matched from their stored answers")
+                self.strategy, self.new_mark = "feed", feed.new_mark
+                self.overlap_items = feed.overlap_items(self.policy.overlap)
+                self.feed_pass(scene_ids, links, feed)
+                return
+        log.info(f"Full re-check of {len(scene_ids)} scenes linked to {self.endpoint}: {reason}")
+        self.strategy, self.strategy_reason = "full", reason
+        self.new_mark = self.read_mark()
+        self.full_pass(scene_ids)
+
+    def full_pass(self, scene_ids: Sequence[int]) -> None:
+        """Look every scene up: fingerprint batches, then by id."""
+        fallbacks = self.fingerprint_pass(scene_ids)
+        self.full_fallbacks = len(fallbacks)
+        self.id_pass(fallbacks)
+
+    def read_mark(self) -> str | None:
+        """StashDB's newest ``updated`` before this run reads anything (the next run's feed starts there)."""
+        answer = self.ask_stashdb(lambda: self.stashdb.scenes_by_updated(1, 1))
+        if answer is FAILED:
+            return None
+        _count, newest = answer
+        return newest[0].updated if newest else None
+
+    def feed_pass(self, scene_ids: list[int], links: dict[int, tuple[str, ...]], feed: FeedRead) -> None:
+        """Re-match stored answers (fed ones replaced); look up scenes without one as a full run would."""
+        uncertain: list[int] = []
+        candidates: dict[int, StashDBScene] = {}
+        for chunk in chunked(scene_ids, HISTORY_CHUNK):
+            answers, settled = self.history.answers_for(chunk), self.history.settled_for(chunk)
+            for scene_id in chunk:
+                answer = self.known_answer(scene_id, links[scene_id], answers.get(scene_id, []), feed)
+                if answer is UNCERTAIN:
+                    uncertain.append(scene_id)
+                elif answer is not None and self.has_open_tags(answer, settled.get((scene_id, answer.id), {})):
+                    candidates[scene_id] = answer
+                elif answer is not None and answer.id in feed.items:
+                    self.recorder.settle(SceneRecord(scene_id, answer.id, links[scene_id], answer.updated,
+                                                     answer.tags, ()), needs_write=False)
+            self.recorder.checkpoint()
+            self.counters["scenes_seen"] += len(chunk)
+        self.counters["scenes_seen"] -= len(uncertain)  # counted again when they are looked up
+        self.total_units = len(uncertain) + len(candidates)
+        log.info(f"{len(uncertain)} scenes have no usable stored answer (new or changed link) and are looked up; "
+                 f"{len(candidates)} scenes have StashDB tags to settle")
+        self.full_pass(uncertain)
+        self.rematch_pass(candidates, feed)
+
+    def known_answer(self, scene_id: int, linked: tuple[str, ...], stored: list[StoredAnswer], feed: FeedRead):
+        """The scene's current StashDB answer from the feed or the history; None: gone; UNCERTAIN: look it up."""
+        stored_answer = next((a for a in stored if len(linked) == 1 and a.stashdb_id == linked[0]), None)
+        if stored_answer is None:
+            return UNCERTAIN
+        fed = feed.items.get(stored_answer.stashdb_id)
+        if fed is not None:
+            self.counters["scenes_from_feed"] += 1
+            return fed
+        if stored_answer.answer_state != LIVE:
+            return None
+        try:
+            tags = decode_remote_tags(stored_answer.remote_tags_json)
+        except (ValueError, TypeError):
+            return UNCERTAIN
+        return StashDBScene(stored_answer.stashdb_id, False, tags, stored_answer.stashdb_updated)
+
+    def has_open_tags(self, answer: StashDBScene, settled: dict[str, SettledTag]) -> bool:
+        """True when a StashDB tag of the answer matches a local tag and is not settled for the scene yet."""
+        return any(tag.id not in settled and self.usable_match(tag) is not None for tag in answer.tags)
+
+    def usable_match(self, tag: StashDBTag) -> LocalTag | None:
+        """The local tag a StashDB tag would add (None: deleted, blacklisted or unmatched), cached per run."""
+        key = (tag.id, tag.name, tag.deleted)
+        if key not in self.match_cache:
+            local = None
+            if not tag.deleted and not self.blacklist.matches(tag.name):
+                local = self.matcher.match(tag)
+                if local is not None and self.blacklist.matches(local.name):
+                    local = None
+            self.match_cache[key] = local
+        return self.match_cache[key]
+
+    def rematch_pass(self, candidates: dict[int, StashDBScene], feed: FeedRead) -> None:
+        """Read the scenes with tags to settle from Stash and apply their answers (no StashDB request)."""
+        for batch_ids in chunked(list(candidates), MAX_FINGERPRINT_LISTS):
+            for scene in self.fetch_scenes(batch_ids):
+                answer = candidates.get(scene.id)
+                if answer is None or scene.linked_ids != (answer.id,):
+                    continue  # re-linked since the listing: the next run looks it up
+                self.counters["scenes_rematched"] += 1
+                self.apply(scene, answer, "feed" if answer.id in feed.items else "stored answer")
+            self.recorder.checkpoint()
+            self.advance(len(batch_ids))
+
+    def save_state(self, run_started: datetime) -> None:
+        """Store the feed mark after a run without errors (a killed or failed run keeps the old one)."""
+        if self.dry_run or self.history is None or self.counters["errors"]:
+            return
+        if self.strategy == "feed":
+            state = replace(self.state, feed_mark=self.new_mark, last_run_started=utc_text(run_started),
+                            overlap_items=self.overlap_items)
+        else:
+            state = BoxState(self.new_mark, utc_text(run_started), utc_text(run_started), self.full_fallbacks, 0)
+        self.history.save_box_state(state)
 
     def flush(self) -> None:
         """Write the pending tag groups and record what they settled (nothing in a dry run)."""
@@ -531,6 +676,10 @@ class SceneTagSync:
             log.warning(f"Scene {scene.id} ({scene.title!r}) is linked to {linked}, which is {state}; left alone")
         if self.dry_run:
             self.preview_rows.append([str(scene.id), scene.title, linked, "", "", "", "", note, self.endpoint])
+        elif len(scene.linked_ids) == 1:
+            self.recorder.settle(SceneRecord(scene.id, scene.linked_ids[0], scene.linked_ids,
+                                             remote.updated if remote is not None else None, (), (),
+                                             DELETED if remote is not None else MISSING), needs_write=False)
 
     def find_linked(self, scene: SceneWork):
         """The first StashDB scene found among the scene's linked ids, None when StashDB has none, or FAILED."""
@@ -644,7 +793,7 @@ class SceneTagSync:
             dry_run=self.dry_run, endpoint=self.endpoint, **self.counters,
             stashdb_requests=self.stashdb.requests_sent, elapsed_s=round(elapsed_s, 3),
             unmatched_tag_names=tuple(name for name, _ in self.unmatched_names.most_common(UNMATCHED_NAMES_KEPT)),
-            merged_scenes=tuple(self.merged),
+            merged_scenes=tuple(self.merged), strategy=self.strategy, strategy_reason=self.strategy_reason,
         )
 
 
@@ -683,7 +832,8 @@ def stashdb_client_for(box: StashBox, settings: Settings, sleep: Callable[[float
 def sync_boxes(stash: StashClient, boxes: Sequence[StashBox], blacklist: TagBlacklist, settings: Settings,
                dry_run: bool, plugin_dir: Path, progress: Callable[[float], None] = lambda f: None,
                sleep: Callable[[float], None] = time.sleep,
-               wall_clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> TagSyncResult:
+               wall_clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+               policy: FeedPolicy = FeedPolicy()) -> TagSyncResult:
     """Sync (or preview) every box in turn; one box's StashDB failure does not stop the others.
 
     When every box failed, the first failure is raised; otherwise failed boxes count in ``errors``.
@@ -696,7 +846,8 @@ def sync_boxes(stash: StashClient, boxes: Sequence[StashBox], blacklist: TagBlac
     try:
         for index, box in enumerate(boxes):
             box_progress = scaled_progress(progress, index, len(boxes))
-            result, box_rows, failure = sync_one_box(stash, box, blacklist, settings, dry_run, conn, box_progress, sleep)
+            result, box_rows, failure = sync_one_box(stash, box, blacklist, settings, dry_run, conn, box_progress,
+                                                     sleep, policy)
             results.append(result)
             rows.extend(box_rows)
             if failure is not None:
@@ -711,7 +862,7 @@ def sync_boxes(stash: StashClient, boxes: Sequence[StashBox], blacklist: TagBlac
 
 
 def sync_one_box(stash: StashClient, box: StashBox, blacklist: TagBlacklist, settings: Settings, dry_run: bool,
-                 conn, progress: Callable[[float], None], sleep: Callable[[float], None]
+                 conn, progress: Callable[[float], None], sleep: Callable[[float], None], policy: FeedPolicy
                  ) -> tuple[TagSyncResult, list[list[str]], StashDBError | None]:
     """Run one box: its result, its preview rows, and the StashDB error that stopped it (if any)."""
     stashdb = stashdb_client_for(box, settings, sleep)
@@ -720,7 +871,7 @@ def sync_one_box(stash: StashClient, box: StashBox, blacklist: TagBlacklist, set
              + (" (dry run)" if dry_run else ""))
     started = time.monotonic()
     sync = SceneTagSync(stash, stashdb, box, blacklist, dry_run, progress=progress,
-                        history=SyncHistory(conn, box.endpoint))
+                        history=SyncHistory(conn, box.endpoint), policy=policy)
     try:
         return sync.run(), sync.preview_rows, None
     except StashDBError as exc:
@@ -786,8 +937,8 @@ def load_tag_matcher(stash: StashClient, endpoint: str) -> TagMatcher:
     return matcher
 
 
-def linked_scene_ids(stash: StashClient, endpoint: str) -> list[int]:
-    """Snapshot the ids of scenes linked to ``endpoint``, least recently updated first.
+def linked_scenes(stash: StashClient, endpoint: str) -> dict[int, tuple[str, ...]]:
+    """Snapshot the scenes linked to ``endpoint`` with their StashDB ids there, least recently updated first.
 
     Pages are read in id order, which edits do not change (in ``updated_at`` order a scene edited
     while we page would move and push another across a page boundary unseen), then sorted here by
@@ -798,9 +949,14 @@ def linked_scene_ids(stash: StashClient, endpoint: str) -> list[int]:
         "filter": {"sort": "id", "direction": "ASC"},
     }
     stamped: dict[int, float] = {}
+    links: dict[int, tuple[str, ...]] = {}
     for page in stash.paginate(LINKED_SCENE_IDS_QUERY, variables, "findScenes", "scenes", per_page=SCENE_ID_PAGE_SIZE):
-        stamped.update((int(s["id"]), updated_instant(s.get("updated_at"))) for s in page)
-    return sorted(stamped, key=lambda scene_id: (stamped[scene_id], scene_id))
+        for scene in page:
+            scene_id = int(scene["id"])
+            stamped[scene_id] = updated_instant(scene.get("updated_at"))
+            links[scene_id] = tuple(dict.fromkeys(s["stash_id"] for s in scene.get("stash_ids") or []
+                                                  if s.get("endpoint") == endpoint))
+    return {scene_id: links[scene_id] for scene_id in sorted(stamped, key=lambda i: (stamped[i], i))}
 
 
 def updated_instant(text: str | None) -> float:

@@ -93,6 +93,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         help="Stash's address (default: $STASH_URL or http://localhost:9999)")
     parser.add_argument("--api-key", default=None, help="Stash API key (default: $STASH_API_KEY)")
     parser.add_argument("--dry-run", action="store_true", help="preview only: change nothing")
+    parser.add_argument("--full-recheck", action="store_true",
+                        help="sync_scene_tags: check every scene by fingerprint instead of StashDB's change feed")
     parser.add_argument("--since", default=None, help="cache_incremental_sync: RFC3339 time to sync from")
     parser.add_argument("--id", default=None, help="cache_sync_scene: the scene id")
     parser.add_argument("--endpoint", default=None, help="reset_sync_history: forget only this stash-box (URL or name)")
@@ -113,6 +115,8 @@ def parse_command_line(argv: list[str]) -> Invocation:
     args: dict[str, Any] = {"mode": options.mode}
     if options.dry_run:
         args["dry_run"] = "true"
+    if options.full_recheck:
+        args["full_recheck"] = "true"
     for name in ("since", "id", "interval", "heartbeat", "entities", "full_every", "endpoint"):
         if getattr(options, name) is not None:
             args[name] = getattr(options, name)
@@ -129,6 +133,7 @@ def run_sync_scene_tags(ctx: RunContext):
     """Mode ``sync_scene_tags``: StashDB tags onto linked scenes of every stash-box (or a preview of it)."""
     from settings import TagBlacklist
     from stash_client import stash_boxes_to_sync
+    from stashdb_change_feed import FeedPolicy
     from stashdb_scene_sync import sync_boxes
 
     boxes, exclude_patterns = ctx.stash.stash_boxes_and_exclusions()
@@ -138,9 +143,12 @@ def run_sync_scene_tags(ctx: RunContext):
     blacklist = TagBlacklist.parse(ctx.settings.tag_blacklist, exclude_patterns)
     dry_run = ctx.settings.sync_dry_run or is_true(ctx.args.get("dry_run"))
 
+    policy = FeedPolicy(force_full=ctx.settings.tag_sync_full_recheck or is_true(ctx.args.get("full_recheck")),
+                        full_every_days=ctx.settings.tag_sync_full_recheck_days)
+
     def run():
         return sync_boxes(ctx.stash, chosen, blacklist, ctx.settings, dry_run, ctx.plugin_dir,
-                          progress=ctx.progress, sleep=ctx.sleep)
+                          progress=ctx.progress, sleep=ctx.sleep, policy=policy)
 
     if dry_run:
         return run()

@@ -24,6 +24,7 @@ from tm_errors import SyncHistoryError
 
 ADDED = "added"
 PRESENT = "present"
+LIVE, DELETED, MISSING = "live", "deleted", "missing"  # state of a stored StashDB answer
 SQL_VARIABLES = 500  # ids per IN (...) list, well under SQLite's variable limit
 
 
@@ -46,6 +47,28 @@ class SceneRecord:
     stashdb_updated: str | None
     remote_tags: tuple[StashDBTag, ...]
     settled: tuple[SettledTag, ...]  # newly settled tags only
+    answer_state: str = LIVE  # DELETED / MISSING: StashDB has the linked scene deleted / not at all
+
+
+@dataclass(frozen=True)
+class StoredAnswer:
+    """A scene's last StashDB answer as stored (tags kept as JSON text until needed)."""
+
+    stashdb_id: str
+    answer_state: str
+    stashdb_updated: str | None
+    remote_tags_json: str
+
+
+@dataclass(frozen=True)
+class BoxState:
+    """Per stash-box bookkeeping of the change feed."""
+
+    feed_mark: str | None = None  # StashDB ``updated`` text: everything older is reflected in the answers
+    last_full_check: str | None = None  # UTC ISO time the last full re-check finished
+    last_run_started: str | None = None  # UTC ISO time the last completed run started
+    full_fallbacks: int = 0  # by-id look-ups of the last full run (its cost beyond the batches)
+    overlap_items: int = 0  # feed items at or after (mark - overlap) when the mark was taken
 
 
 @dataclass(frozen=True)
@@ -95,6 +118,40 @@ class SyncHistory:
                 settled.setdefault((scene_id, stashdb_id), {})[tag_id] = SettledTag(tag_id, local_id, origin)
         return settled
 
+    def answers_for(self, scene_ids: Sequence[int]) -> dict[int, list[StoredAnswer]]:
+        """Stored StashDB answers of these scenes, by scene id."""
+        answers: dict[int, list[StoredAnswer]] = {}
+        for start in range(0, len(scene_ids), SQL_VARIABLES):
+            chunk = [int(i) for i in scene_ids[start:start + SQL_VARIABLES]]
+            rows = self._query(
+                "SELECT scene_id, stashdb_id, answer_state, stashdb_updated, remote_tags FROM scene_answers "
+                f"WHERE endpoint = ? AND scene_id IN ({','.join('?' * len(chunk))})", [self.endpoint, *chunk])
+            for scene_id, stashdb_id, state, updated, tags in rows:
+                answers.setdefault(scene_id, []).append(StoredAnswer(stashdb_id, state, updated, tags))
+        return answers
+
+    def box_state(self) -> BoxState | None:
+        """This box's feed bookkeeping, or None before its first completed run."""
+        rows = self._query("SELECT feed_mark, last_full_check, last_run_started, full_fallbacks, overlap_items FROM box_state "
+                           "WHERE endpoint = ?", [self.endpoint])
+        return BoxState(*rows[0]) if rows else None
+
+    def save_box_state(self, state: BoxState) -> None:
+        """Store this box's feed bookkeeping (at the end of a run without errors)."""
+        try:
+            with atomic(self.conn):
+                self.conn.execute(
+                    "INSERT INTO box_state (endpoint, feed_mark, last_full_check, last_run_started, full_fallbacks, "
+                    "overlap_items) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (endpoint) DO UPDATE SET "
+                    "feed_mark = excluded.feed_mark, last_full_check = excluded.last_full_check, "
+                    "last_run_started = excluded.last_run_started, full_fallbacks = excluded.full_fallbacks, "
+                    "overlap_items = excluded.overlap_items",
+                    (self.endpoint, state.feed_mark, state.last_full_check, state.last_run_started,
+                     state.full_fallbacks, state.overlap_items))
+        except sqlite3.Error as exc:
+            raise SyncHistoryError(f"Could not write the scene tag sync history ({exc}). "
+                                   "Check free disk space and run the task again.") from None
+
     def record(self, records: Iterable[SceneRecord]) -> None:
         """Store settled scenes in one transaction (call only after Stash confirmed their writes)."""
         records = list(records)
@@ -113,12 +170,12 @@ class SyncHistory:
         """Write one scene's answer and newly settled tags; forget links the scene no longer has."""
         self._forget_old_links(record)
         self.conn.execute(
-            "INSERT INTO scene_answers (endpoint, scene_id, stashdb_id, stashdb_updated, remote_tags, checked_at) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (endpoint, scene_id, stashdb_id) DO UPDATE SET "
+            "INSERT INTO scene_answers (endpoint, scene_id, stashdb_id, stashdb_updated, remote_tags, checked_at, "
+            "answer_state) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (endpoint, scene_id, stashdb_id) DO UPDATE SET "
             "stashdb_updated = excluded.stashdb_updated, remote_tags = excluded.remote_tags, "
-            "checked_at = excluded.checked_at",
+            "checked_at = excluded.checked_at, answer_state = excluded.answer_state",
             (self.endpoint, record.scene_id, record.stashdb_id, record.stashdb_updated,
-             encode_remote_tags(record.remote_tags), now))
+             encode_remote_tags(record.remote_tags), now, record.answer_state))
         self.conn.executemany(
             "INSERT INTO settled_tags (endpoint, scene_id, stashdb_id, stashdb_tag_id, local_tag_id, origin, settled_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -189,6 +246,7 @@ def forget(conn: sqlite3.Connection, path: Path, endpoint: str | None) -> ResetR
         tags = conn.execute(f"SELECT count(*) FROM settled_tags{where}", params).fetchone()[0]
         conn.execute(f"DELETE FROM settled_tags{where}", params)
         conn.execute(f"DELETE FROM scene_answers{where}", params)
+        conn.execute(f"DELETE FROM box_state{where}", params)
     return ResetResult(endpoints, scenes, tags, str(path))
 
 

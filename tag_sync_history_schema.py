@@ -15,6 +15,14 @@ Tables (every key starts with the stash-box endpoint, so each box has its own hi
                    (``present``). A settled tag is never added again, so a tag the user removed
                    stays removed.
 
+Version 2 (change feed) adds ``scene_answers.answer_state`` (``live``, or ``deleted``/``missing``
+when StashDB has the linked scene deleted or not at all) and ``box_state``: per endpoint the change
+feed's high-water mark (StashDB ``updated`` text), when the last full re-check finished, when the
+last run started (to notice a clock that went backwards), the by-id look-ups of the last full run
+(for the cost comparison) and how many feed items lay inside the safety overlap below the mark
+(the next run asks for that many more per page, so re-reading the overlap costs no extra request). ``box_state`` is written only at the end of a run without errors, so a
+killed run leaves the previous mark and the next run re-reads the feed from there.
+
 Transactions go through the project's one ``atomic()`` helper (today in ``cache_schema``).
 """
 
@@ -26,7 +34,7 @@ from pathlib import Path
 from cache_schema import atomic
 from tm_errors import SyncHistoryError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 HISTORY_FILE = Path("data") / "scene_tag_sync.sqlite3"
 BUSY_TIMEOUT_MS = 30_000
 
@@ -52,9 +60,23 @@ _V1 = [
     ) WITHOUT ROWID""",
 ]
 
+_V2 = [
+    "ALTER TABLE scene_answers ADD COLUMN answer_state TEXT NOT NULL DEFAULT 'live' "
+    "CHECK (answer_state IN ('live', 'deleted', 'missing'))",
+    """CREATE TABLE box_state (
+        endpoint TEXT PRIMARY KEY,
+        feed_mark TEXT,
+        last_full_check TEXT,
+        last_run_started TEXT,
+        full_fallbacks INTEGER NOT NULL DEFAULT 0,
+        overlap_items INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID""",
+]
+
 # (version, description, statements); each step runs in one transaction with its version bump.
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (1, "settled StashDB tags and last StashDB answer per box, scene and StashDB scene", _V1),
+    (2, "change feed: state of each answer and per-box feed mark", _V2),
 ]
 
 
@@ -93,6 +115,7 @@ def connect(path: Path) -> sqlite3.Connection:
         conn = sqlite3.connect(str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode = WAL")  # once, outside any transaction
+        conn.execute("PRAGMA synchronous = NORMAL")  # WAL stays consistent; a power cut may only lose the last commits
         migrate(conn)
     except sqlite3.DatabaseError as exc:
         raise SyncHistoryError(

@@ -89,7 +89,8 @@ def test_requests_are_batched_and_bounded(servers, tmp_path):
     fallbacks = kind_count(servers, "fallback", "wrong_hit", "missing", "deleted")
     assert calls["FindScenesBySceneFingerprints"] == math.ceil(with_prints / 40)
     assert calls["FindScene"] == fallbacks
-    assert result.stashdb_requests == math.ceil(with_prints / 40) + fallbacks
+    assert calls["QueryScenesByUpdated"] == 1  # the change feed's mark, read before anything else
+    assert result.stashdb_requests == math.ceil(with_prints / 40) + fallbacks + 1
     sizes = [len(c["variables"]["fingerprints"]) for c in servers.stashdb.calls
              if c["operation"] == "FindScenesBySceneFingerprints"]
     assert max(sizes) == 40 and all(size <= 40 for size in sizes)
@@ -198,7 +199,8 @@ def test_transient_stashdb_failure_is_retried_to_the_same_outcome(servers, tmp_p
 def test_failed_batch_is_skipped_and_counted(servers, tmp_path):
     expected = expected_additions(servers)
     before = scene_tags(servers)
-    servers.stashdb.fail_next(4, status=503)  # the first fingerprint batch fails on all 4 attempts
+    # the first fingerprint batch fails on all 4 attempts
+    servers.stashdb.fail_next(4, status=503, operation="FindScenesBySceneFingerprints")
     result = sync(servers, tmp_path)
     first_batch = {int(i) for i in servers.stash.requests("TagSyncScenes")[0][1]["ids"]}
     after = scene_tags(servers)

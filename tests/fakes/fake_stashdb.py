@@ -8,7 +8,9 @@ World shape::
 ``updated`` is stash-box's microsecond UTC text; scenes without one get a fixed 2025 instant at
 start. ``edit_scene`` and ``merge_scenes`` model applied edits as stash-box applies them (see
 ``../shared/reference/stash-behaviour.md``): deleted scenes are never returned by fingerprint,
-``findScene`` returns them with ``deleted: true`` and does not follow merges.
+``findScene`` returns them with ``deleted: true`` and does not follow merges. ``queryScenes``
+serves only ``sort: UPDATED_AT`` (by instant, then id), lists live scenes only, counts them, and
+takes any ``per_page``.
 
 Requests are executed with graphql-core against ``stashdb_fake.graphql``, a strict subset of the
 real stash-box schema, so a query with a wrong field fails as it would against StashDB.
@@ -42,11 +44,17 @@ def stashbox_time(moment: datetime) -> str:
     return text + "Z"
 
 
+def updated_instant(text: str) -> datetime:
+    """The instant of an ``updated`` text."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def stamp_missing_updated(world: dict) -> None:
-    """Give every scene without ``updated`` a distinct fixed instant (one second apart, in world order)."""
-    for index, scene in enumerate(world.get("scenes", {}).values()):
+    """Give every scene without ``updated`` a distinct fixed instant before 2025 (an hour apart, in world order)."""
+    scenes = list(world.get("scenes", {}).values())
+    for index, scene in enumerate(scenes):
         if not scene.get("updated"):
-            scene["updated"] = stashbox_time(INITIAL_UPDATED + timedelta(seconds=index))
+            scene["updated"] = stashbox_time(INITIAL_UPDATED - timedelta(hours=len(scenes) - index))
 
 
 def load_schema():
@@ -106,7 +114,7 @@ class FakeStashDB:
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
-        self._failures: list[tuple[int, bytes, dict]] = []
+        self._failures: list[tuple[int, bytes, dict, str | None]] = []
         self._delays: list[float] = []
         self._last_accepted: float | None = None
         self.reset_counters()
@@ -159,11 +167,13 @@ class FakeStashDB:
             self.operations: Counter[str] = Counter()
             self.calls: list[dict] = []
 
-    def fail_next(self, n: int = 1, status: int = 500, body: bytes | str = b"", headers: dict | None = None) -> None:
-        """Answer the next `n` authorised requests with this status, body and headers instead of executing them."""
+    def fail_next(self, n: int = 1, status: int = 500, body: bytes | str = b"", headers: dict | None = None,
+                  operation: str | None = None) -> None:
+        """Answer the next `n` authorised requests (of `operation` only, when given) with this status, body
+        and headers instead of executing them."""
         raw = body.encode() if isinstance(body, str) else bytes(body)
         with self._lock:
-            self._failures.extend([(status, raw, dict(headers or {}))] * n)
+            self._failures.extend([(status, raw, dict(headers or {}), operation)] * n)
 
     def delay_next(self, n: int = 1, seconds: float = 1.0) -> None:
         """Wait `seconds` before answering each of the next `n` authorised requests."""
@@ -206,7 +216,8 @@ class FakeStashDB:
 
     # -- request handling (called from handler threads) ----------------------------------------
 
-    def admit(self, api_key: str | None, arrived: float) -> tuple[tuple[int, bytes, dict] | None, float]:
+    def admit(self, api_key: str | None, arrived: float,
+              operation: str | None = None) -> tuple[tuple[int, bytes, dict] | None, float]:
         """Count a request; return (refusal or None to execute it, seconds to stall first)."""
         with self._lock:
             self.requests += 1
@@ -219,7 +230,15 @@ class FakeStashDB:
                 return (429, b"rate limited", {"Retry-After": str(retry_after), "Content-Type": "text/plain"}), 0.0
             self._last_accepted = arrived
             delay = self._delays.pop(0) if self._delays else 0.0
-            return (self._failures.pop(0) if self._failures else None), delay
+            return self._take_failure(operation), delay
+
+    def _take_failure(self, operation: str | None) -> tuple[int, bytes, dict] | None:
+        """The first queued failure meant for this operation (or for any), removed from the queue."""
+        for index, (status, body, headers, wanted) in enumerate(self._failures):
+            if wanted is None or wanted == operation:
+                del self._failures[index]
+                return status, body, headers
+        return None
 
     def _too_soon(self, arrived: float) -> int | None:
         """Whole seconds to put in Retry-After if this request beats the rate; None if it is on time."""
@@ -259,7 +278,20 @@ class FakeStashDB:
 
     def _root(self) -> dict:
         """Root resolvers for the Query type."""
-        return {"findScene": self._find_scene, "findScenesBySceneFingerprints": self._find_by_fingerprints}
+        return {"findScene": self._find_scene, "findScenesBySceneFingerprints": self._find_by_fingerprints,
+                "queryScenes": self._query_scenes}
+
+    def _query_scenes(self, _info, input: dict):  # noqa: A002 - GraphQL argument name
+        """Resolve queryScenes sorted by UPDATED_AT: live scenes only, offset paging, no per_page cap."""
+        if input["sort"] != "UPDATED_AT":
+            raise GraphQLError("the fake StashDB sorts queryScenes by UPDATED_AT only")
+        with self._lock:
+            live = [s for s in self.world.get("scenes", {}).values() if not s.get("deleted")]
+        # stash-box orders by the timestamp column; its text drops trailing zeros, so order by instant
+        live.sort(key=lambda s: (updated_instant(s["updated"]), s["id"]), reverse=input["direction"] == "DESC")
+        page, per_page = max(1, input["page"]), input["per_page"]
+        start = (page - 1) * per_page if per_page >= 0 else 0
+        return {"count": len(live), "scenes": live[start:start + per_page] if per_page >= 0 else live}
 
     def _find_scene(self, _info, id: str):  # noqa: A002 - GraphQL argument name
         """Resolve findScene."""
@@ -318,13 +350,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"not found", {"Content-Type": "text/plain"})
             return
         fake = self.server.fake
-        refusal, delay = fake.admit(self.headers.get("ApiKey"), arrived)
+        payload = _decode(body)
+        operation = payload.get("operationName") if isinstance(payload, dict) else None
+        refusal, delay = fake.admit(self.headers.get("ApiKey"), arrived, operation)
         if delay:
             time.sleep(delay)
         if refusal is not None:
             self._send(*refusal)
             return
-        self._send_json(*fake.execute(_decode(body)))
+        self._send_json(*fake.execute(payload))
 
     def do_GET(self) -> None:  # noqa: N802 - http.server naming
         """Only POST is served."""
