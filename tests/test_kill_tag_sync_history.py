@@ -96,3 +96,35 @@ def test_killed_syncs_converge_and_never_re_add_a_removed_tag(tmp_path, seed):
 @pytest.mark.parametrize("attempt", range(12))
 def test_stress_kills_with_history(tmp_path, attempt):
     converge_then_respect_removals(tmp_path, 300 + attempt, kills=4)
+
+
+def test_killed_feed_runs_converge_to_what_a_full_run_adds(tmp_path):
+    """Runs that use StashDB's change feed, killed while they re-read scenes or write, then finished."""
+    servers = start_servers(scenes=400, seed=33)
+    rng = random.Random(33)
+    try:
+        assert run_plugin(stash_input(servers, tmp_path)).returncode == 0
+        lib = servers.library
+        pool = sorted(lib.stashdb_tags)
+        for sid in rng.sample(lib.scenes_of_kind("normal"), 60):
+            remote = lib.stashdb["scenes"][lib.scene_link[sid]]
+            servers.stashdb.edit_scene(remote["id"], tags=list(remote["tags"]) + [lib.stashdb_tags[rng.choice(pool)]])
+        before = scene_tags(servers)
+        expected = lib.expected_tag_additions(before)
+        assert expected
+        document = stash_input(servers, tmp_path)
+        killed = []
+        for n in (1, 2):
+            servers.stash.clear_log()
+            killed.append(kill_when(start_plugin(document), lambda: servers.stash.count("TagSyncScenes")
+                                    + servers.stash.count("TagSyncAddTagsBatch") >= n))
+            assert_nothing_withheld(servers, tmp_path, {})
+        assert all(killed)
+        finished = run_plugin(document)
+        assert finished.returncode == 0, finished.stderr
+        assert finished.document["output"]["strategy"] == "feed"
+        after = scene_tags(servers)
+        assert {sid: after[sid] - before[sid] for sid in after if after[sid] != before[sid]} == expected
+    finally:
+        servers.stash.stop()
+        servers.stashdb.stop()
