@@ -98,3 +98,11 @@ def test_literal_blacklist_round_trips(entries, separator):
     for entry in entries:
         assert blacklist.matches(entry.upper()) or blacklist.matches(entry)
         assert blacklist.matches(entry)
+
+
+def test_full_recheck_settings():
+    assert Settings.from_plugin_config({}).tag_sync_full_recheck_days == 30.0
+    parsed = Settings.from_plugin_config({"tagSyncFullRecheck": True, "tagSyncFullRecheckDays": "7"})
+    assert parsed.tag_sync_full_recheck is True and parsed.tag_sync_full_recheck_days == 7.0
+    with pytest.raises(SettingsError, match="tagSyncFullRecheckDays"):
+        Settings.from_plugin_config({"tagSyncFullRecheckDays": "-1"})
