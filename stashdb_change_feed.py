@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 FEED_PAGE_SIZE = 100
 FEED_OVERLAP = timedelta(minutes=10)
 MAX_OVERLAP_EXTRA = 2000  # per_page never grows beyond FEED_PAGE_SIZE + this
+# A first page spanning less than this says nothing about StashDB's pace (a bulk edit lands in a
+# burst): the feed is then paged on and abandoned only when it reaches the fingerprint batches' cost.
+MIN_ESTIMATE_SPAN = timedelta(minutes=1)
 FINGERPRINT_BATCH = 40
 UNBOUNDED = 10**9  # pages estimated when the first page spans no time at all
 
@@ -141,7 +144,7 @@ def check_first_page(scenes: list[StashDBScene], mark: str, stop_at: datetime, p
         return "StashDB's feed has unreadable update times"
     if newest < parse_instant(mark):
         return f"StashDB's newest update ({scenes[0].updated}) is older than the last run's mark ({mark})"
-    if len(scenes) < per_page or oldest < stop_at:
+    if len(scenes) < per_page or oldest < stop_at or newest - oldest < MIN_ESTIMATE_SPAN:
         return ""
     estimate = estimated_pages(len(scenes), newest, oldest, stop_at, per_page)
     if estimate > budget:

@@ -267,6 +267,12 @@ def test_a_feed_costlier_than_the_batches_is_refused_after_one_page():
     assert check_first_page(page, mark, parse_instant(mark), 100, 10_000) == ""
 
 
+def test_a_burst_of_edits_on_the_first_page_is_paged_not_extrapolated():
+    mark = "2026-04-01T00:00:00Z"
+    page = feed_page(*[f"2026-04-30T12:00:00.{999 - i:03d}Z" for i in range(100)])  # 100 edits in one second
+    assert check_first_page(page, mark, parse_instant(mark), 100, 50) == ""
+
+
 def test_an_upgraded_version_1_history_equals_a_fresh_one(tmp_path):
     old = tmp_path / "old.sqlite3"
     conn = sqlite3.connect(old, isolation_level=None)
@@ -281,3 +287,26 @@ def test_an_upgraded_version_1_history_equals_a_fresh_one(tmp_path):
     finally:
         upgraded.close()
         fresh.close()
+
+
+class EndlessFeed:
+    """A stand-in StashDB client whose feed never reaches the mark (100 edits a second, forever)."""
+
+    def __init__(self) -> None:
+        self.pages = 0
+
+    def scenes_by_updated(self, page: int, per_page: int):
+        """Page ``page``: ``per_page`` scenes, one second per page back from 2026-04-30 12:00."""
+        self.pages += 1
+        start = datetime(2026, 4, 30, 12, tzinfo=timezone.utc) - timedelta(seconds=page)
+        return 10**6, [StashDBScene(f"p{page}-{i}", False, (), (start - timedelta(milliseconds=i)).isoformat())
+                       for i in range(per_page)]
+
+
+def test_a_feed_that_reaches_the_batches_cost_is_abandoned():
+    from stashdb_change_feed import read_feed
+
+    client = EndlessFeed()
+    read = read_feed(client, state(feed_mark="2026-04-01T00:00:00Z"), FeedPolicy(), budget=7)
+    assert read.refused and "7 requests" in read.refused
+    assert client.pages == read.requests == 7
