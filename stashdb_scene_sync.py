@@ -17,6 +17,7 @@ matcher and history. A dry run sends no mutation, writes no history, stops after
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import string
@@ -503,16 +504,19 @@ class SceneTagSync:
         uncertain: list[int] = []
         candidates: dict[int, StashDBScene] = {}
         for chunk in chunked(scene_ids, HISTORY_CHUNK):
-            answers, settled = self.history.answers_for(chunk), self.history.settled_for(chunk)
+            answers, settled = self.history.answers_for(chunk), self.history.settled_ids_for(chunk)
             for scene_id in chunk:
-                answer = self.known_answer(scene_id, links[scene_id], answers.get(scene_id, []), feed)
-                if answer is UNCERTAIN:
+                linked = links[scene_id]
+                stored = next((a for a in answers.get(scene_id, ()) if len(linked) == 1 and a.stashdb_id == linked[0]),
+                              None)
+                if stored is None:
                     uncertain.append(scene_id)
-                elif answer is not None and self.has_open_tags(answer, settled.get((scene_id, answer.id), {})):
-                    candidates[scene_id] = answer
-                elif answer is not None and answer.id in feed.items:
-                    self.recorder.settle(SceneRecord(scene_id, answer.id, links[scene_id], answer.updated,
-                                                     answer.tags, ()), needs_write=False)
+                    continue
+                verdict = self.settle_from_answer(scene_id, linked, stored, feed, settled.get((scene_id, linked[0]), set()))
+                if verdict is UNCERTAIN:
+                    uncertain.append(scene_id)
+                elif verdict is not None:
+                    candidates[scene_id] = verdict
             self.recorder.checkpoint()
             self.counters["scenes_seen"] += len(chunk)
         self.counters["scenes_seen"] -= len(uncertain)  # counted again when they are looked up
@@ -522,26 +526,41 @@ class SceneTagSync:
         self.full_pass(uncertain)
         self.rematch_pass(candidates, feed)
 
-    def known_answer(self, scene_id: int, linked: tuple[str, ...], stored: list[StoredAnswer], feed: FeedRead):
-        """The scene's current StashDB answer from the feed or the history; None: gone; UNCERTAIN: look it up."""
-        stored_answer = next((a for a in stored if len(linked) == 1 and a.stashdb_id == linked[0]), None)
-        if stored_answer is None:
-            return UNCERTAIN
-        fed = feed.items.get(stored_answer.stashdb_id)
+    def settle_from_answer(self, scene_id: int, linked: tuple[str, ...], stored: StoredAnswer, feed: FeedRead,
+                           settled_ids: set[str]):
+        """The answer to apply when the scene has StashDB tags to settle; None: nothing to do; UNCERTAIN: look it up.
+
+        Stored answers stay JSON until a scene needs them; a fed answer that leaves nothing to settle
+        still replaces the stored one.
+        """
+        fed = feed.items.get(stored.stashdb_id)
         if fed is not None:
             self.counters["scenes_from_feed"] += 1
-            return fed
-        if stored_answer.answer_state != LIVE:
+            if any(tag.id not in settled_ids and self.usable_match(tag) is not None for tag in fed.tags):
+                return fed
+            self.recorder.settle(SceneRecord(scene_id, fed.id, linked, fed.updated, fed.tags, ()), needs_write=False)
+            return None
+        if stored.answer_state != LIVE:
             return None
         try:
-            tags = decode_remote_tags(stored_answer.remote_tags_json)
+            is_open = self.raw_tags_open(json.loads(stored.remote_tags_json), settled_ids)
         except (ValueError, TypeError):
             return UNCERTAIN
-        return StashDBScene(stored_answer.stashdb_id, False, tags, stored_answer.stashdb_updated)
+        if not is_open:
+            return None
+        return StashDBScene(stored.stashdb_id, False, decode_remote_tags(stored.remote_tags_json), stored.stashdb_updated)
 
-    def has_open_tags(self, answer: StashDBScene, settled: dict[str, SettledTag]) -> bool:
-        """True when a StashDB tag of the answer matches a local tag and is not settled for the scene yet."""
-        return any(tag.id not in settled and self.usable_match(tag) is not None for tag in answer.tags)
+    def raw_tags_open(self, raw_tags: list, settled_ids: set[str]) -> bool:
+        """``has a tag to settle`` for stored ``[[id, name, deleted], ...]`` without building tag objects."""
+        cache = self.match_cache
+        for tag_id, name, deleted in raw_tags:
+            if tag_id in settled_ids:
+                continue
+            key = (tag_id, name, bool(deleted))
+            local = cache[key] if key in cache else self.usable_match(StashDBTag(str(tag_id), str(name), (), bool(deleted)))
+            if local is not None:
+                return True
+        return False
 
     def usable_match(self, tag: StashDBTag) -> LocalTag | None:
         """The local tag a StashDB tag would add (None: deleted, blacklisted or unmatched), cached per run."""

@@ -118,6 +118,18 @@ class SyncHistory:
                 settled.setdefault((scene_id, stashdb_id), {})[tag_id] = SettledTag(tag_id, local_id, origin)
         return settled
 
+    def settled_ids_for(self, scene_ids: Sequence[int]) -> dict[tuple[int, str], set[str]]:
+        """Ids of the settled StashDB tags of these scenes, by (scene id, StashDB scene id)."""
+        settled: dict[tuple[int, str], set[str]] = {}
+        for start in range(0, len(scene_ids), SQL_VARIABLES):
+            chunk = [int(i) for i in scene_ids[start:start + SQL_VARIABLES]]
+            rows = self._query(
+                "SELECT scene_id, stashdb_id, stashdb_tag_id FROM settled_tags "
+                f"WHERE endpoint = ? AND scene_id IN ({','.join('?' * len(chunk))})", [self.endpoint, *chunk])
+            for scene_id, stashdb_id, tag_id in rows:
+                settled.setdefault((scene_id, stashdb_id), set()).add(tag_id)
+        return settled
+
     def answers_for(self, scene_ids: Sequence[int]) -> dict[int, list[StoredAnswer]]:
         """Stored StashDB answers of these scenes, by scene id."""
         answers: dict[int, list[StoredAnswer]] = {}
