@@ -31,6 +31,7 @@ from bench.common import (  # noqa: E402
 CSV_LINES_SHOWN = 6
 SUMMARY_FIELDS = ("scenes_seen", "matched_by_fingerprint", "matched_by_id", "not_found", "deleted_on_stashdb",
                   "scenes_updated", "tags_added", "tags_unmatched", "tags_blacklisted", "tags_deleted_on_stashdb",
+                  "tags_skipped_by_history", "probable_merges", "strategy", "scenes_from_feed", "scenes_rematched",
                   "errors", "stashdb_requests", "stash_mutations", "elapsed_s", "report_path")
 
 
