@@ -464,7 +464,7 @@ class SceneTagSync:
     def sync_scenes(self, scene_ids: list[int], links: dict[int, tuple[str, ...]], run_started: datetime) -> None:
         """Use the change feed when the history allows it and it is cheaper; else check every scene."""
         if self.dry_run or self.history is None:
-            self.strategy_reason = "a preview looks every scene it shows up"
+            self.strategy_reason = "a preview looks up every scene it shows"
             self.full_pass(scene_ids)
             return
         self.state = self.history.box_state()
