@@ -26,7 +26,7 @@ SECOND_RATE = 3000
 @pytest.fixture
 def two_boxes():
     """A 300-scene library linked to two fake stash-boxes (the second one at a lower rate)."""
-    servers = start_servers(scenes=300, seed=21)
+    servers = start_servers(scenes=300, seed=21, rate=6000)
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}/graphql"
     box_world = add_second_box(servers.library, endpoint, seed=21)

@@ -5,10 +5,21 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pytest
+
 import stash_client
 from settings import Settings
 from tag_manager import RunContext, run_sync_scene_tags
-from tests.conftest import run_plugin
+from tests.conftest import run_plugin, start_servers
+
+
+@pytest.fixture
+def servers():
+    """A 300-scene library with both fakes running; StashDB fast enough that its limiter never waits long."""
+    running = start_servers(rate=6000)
+    yield running
+    running.stash.stop()
+    running.stashdb.stop()
 
 
 def context(servers, tmp_path: Path, **args) -> RunContext:

@@ -13,8 +13,17 @@ import tag_sync_history
 import tag_sync_history_schema
 from settings import Settings
 from tag_manager import RunContext, run_reset_sync_history, run_sync_scene_tags
-from tests.conftest import Servers
+from tests.conftest import Servers, start_servers
 from tm_errors import SyncHistoryError
+
+
+@pytest.fixture
+def servers():
+    """A 300-scene library with both fakes running; StashDB fast enough that its limiter never waits long."""
+    running = start_servers(rate=6000)
+    yield running
+    running.stash.stop()
+    running.stashdb.stop()
 
 
 def scene_tags(servers: Servers) -> dict[int, set[int]]:
