@@ -23,6 +23,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_tag_sync.py
+	$(PY) bench/bench_tag_sync_reruns.py
 	$(PY) bench/bench_cache.py
 	$(PY) bench/bench_hook.py
 	$(PY) bench/bench_tag_links.py

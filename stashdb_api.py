@@ -23,7 +23,7 @@ DEFAULT_BOX_REQUESTS_PER_MINUTE = 240
 MAX_RETRY_AFTER_S = 300.0
 SENT_ALGORITHMS = ("OSHASH", "PHASH")
 
-SCENE_SELECTION = "id deleted tags { id name aliases deleted }"
+SCENE_SELECTION = "id deleted updated tags { id name aliases deleted }"
 
 FIND_SCENES_BY_FINGERPRINTS_QUERY = (
     "query FindScenesBySceneFingerprints($fingerprints: [[FingerprintQueryInput!]!]!) {\n"
@@ -44,6 +44,12 @@ TAG_LIST_SELECTION = "id name aliases deleted"
 QUERY_TAGS_QUERY = (
     "query QueryTags($input: TagQueryInput!) {\n"
     f"  queryTags(input: $input) {{ count tags {{ {TAG_LIST_SELECTION} }} }}\n"
+    "}"
+)
+
+QUERY_SCENES_BY_UPDATED_QUERY = (
+    "query QueryScenesByUpdated($input: SceneQueryInput!) {\n"
+    f"  queryScenes(input: $input) {{ count scenes {{ {SCENE_SELECTION} }} }}\n"
     "}"
 )
 
@@ -133,6 +139,7 @@ class StashDBScene:
     id: str
     deleted: bool
     tags: tuple[StashDBTag, ...]
+    updated: str | None = None  # stash-box's microsecond UTC text; moves on every applied scene edit
 
 
 @dataclass(frozen=True)
@@ -159,6 +166,7 @@ def _scene_from_json(scene: dict) -> StashDBScene:
         id=str(scene["id"]),
         deleted=bool(scene.get("deleted", False)),
         tags=tuple(_tag_from_json(t) for t in scene.get("tags") or ()),
+        updated=str(scene["updated"]) if scene.get("updated") is not None else None,
     )
 
 
@@ -268,6 +276,15 @@ class StashDBClient:
             raise StashDBError(f"StashDB answered QueryTags with {_shape(answer)} instead of a tag page")
         return StashDBTagPage(count=int(answer.get("count") or 0),
                               tags=tuple(_tag_from_json(t) for t in answer["tags"] if t is not None))
+
+    def scenes_by_updated(self, page: int, per_page: int) -> tuple[int, list[StashDBScene]]:
+        """One page of StashDB's live scenes, most recently updated first, and the count of all of them."""
+        variables = {"input": {"sort": "UPDATED_AT", "direction": "DESC", "page": page, "per_page": per_page}}
+        data = self._execute("QueryScenesByUpdated", QUERY_SCENES_BY_UPDATED_QUERY, variables)
+        result = data.get("queryScenes")
+        if not isinstance(result, dict) or not isinstance(result.get("scenes"), list):
+            raise StashDBError(f"StashDB answered QueryScenesByUpdated with {_shape(result)}")
+        return int(result.get("count") or 0), [_scene_from_json(s) for s in result["scenes"] if s is not None]
 
     def _execute(self, operation: str, query: str, variables: dict) -> dict:
         """Send one GraphQL operation with the retry policy; return its `data`."""

@@ -41,8 +41,6 @@ from tagman_base.errors import RunLockedError, SettingsError, TagManagerError
 
 PLUGIN_DIR = Path(__file__).resolve().parent
 TRUE_WORDS = {"true", "1", "yes", "on"}
-# Aim 2 % under the stash-box limit: scheduling jitter must never make two requests look too close.
-RATE_SAFETY_FACTOR = 0.98
 
 log = logging.getLogger(plugin_log.LOGGER_NAME)
 
@@ -83,8 +81,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         help="Stash's address (default: $STASH_URL or http://localhost:9999)")
     parser.add_argument("--api-key", default=None, help="Stash API key (default: $STASH_API_KEY)")
     parser.add_argument("--dry-run", action="store_true", help="preview only: change nothing")
+    parser.add_argument("--full-recheck", action="store_true",
+                        help="sync_scene_tags: check every scene by fingerprint instead of StashDB's change feed")
     parser.add_argument("--since", default=None, help="cache_incremental_sync: RFC3339 time to sync from")
     parser.add_argument("--id", default=None, help="cache_sync_scene: the scene id")
+    parser.add_argument("--endpoint", default=None, help="reset_sync_history: forget only this stash-box (URL or name)")
     parser.add_argument("--entities", default=None,
                         help="cache modes: comma separated subset of studios,tags,performers,groups,galleries,scenes,images")
     parser.add_argument("--full-every", default=None, dest="full_every",
@@ -102,7 +103,9 @@ def parse_command_line(argv: list[str]) -> Invocation:
     args: dict[str, Any] = {"mode": options.mode}
     if options.dry_run:
         args["dry_run"] = "true"
-    for name in ("since", "id", "interval", "heartbeat", "entities", "full_every"):
+    if options.full_recheck:
+        args["full_recheck"] = "true"
+    for name in ("since", "id", "interval", "heartbeat", "entities", "full_every", "endpoint"):
         if getattr(options, name) is not None:
             args[name] = getattr(options, name)
     api_key = options.api_key or os.environ.get("STASH_API_KEY") or None
@@ -115,32 +118,28 @@ def is_true(value: Any) -> bool:
 
 
 def run_sync_scene_tags(ctx: RunContext):
-    """Mode ``sync_scene_tags``: StashDB tags onto linked scenes (or a preview of it)."""
+    """Mode ``sync_scene_tags``: StashDB tags onto linked scenes of every stash-box (or a preview of it)."""
     from tagman_base.settings import TagBlacklist
-    from tagman_base.stash_client import select_stash_box
-    from stashdb_api import StashDBClient, TokenBucket, effective_rate_per_minute
-    from stashdb_scene_sync import SceneTagSync
+    from tagman_base.stash_client import stash_boxes_to_sync
+    from tagman_tagsync.change_feed import FeedPolicy
+    from stashdb_scene_sync import sync_boxes
 
     boxes, exclude_patterns = ctx.stash.stash_boxes_and_exclusions()
     for box in boxes:
         plugin_log.redactor.add(box.api_key)
-    box = select_stash_box(boxes, ctx.settings.stash_box_endpoint)
-    if not box.api_key.strip():  # stash-box answers every request of an empty key "not authorized"
-        raise SettingsError(
-            f"The stash-box {box.name or box.endpoint} ({box.endpoint}) has no API key, so it would answer "
-            "every request \"not authorized\". Add the key under Settings › Metadata Providers › "
-            "Stash-box Endpoints, then run the task again."
-        )
+    chosen = stash_boxes_to_sync(boxes, ctx.settings.stash_box_endpoint)
     blacklist = TagBlacklist.parse(ctx.settings.tag_blacklist, exclude_patterns)
-    rate_per_minute = effective_rate_per_minute(box.max_requests_per_minute, ctx.settings.max_requests_per_minute)
-    limiter = TokenBucket(rate_per_minute * RATE_SAFETY_FACTOR / 60.0)
-    stashdb = StashDBClient(box.endpoint, box.api_key, limiter, sleep=ctx.sleep)
     dry_run = ctx.settings.sync_dry_run or is_true(ctx.args.get("dry_run"))
-    log.info(f"Syncing scene tags from {box.endpoint} at up to {rate_per_minute:g} requests/min"
-             + (" (dry run)" if dry_run else ""))
-    sync = SceneTagSync(ctx.stash, stashdb, box, blacklist, dry_run, ctx.plugin_dir / "reports", progress=ctx.progress)
+
+    policy = FeedPolicy(force_full=ctx.settings.tag_sync_full_recheck or is_true(ctx.args.get("full_recheck")),
+                        full_every_days=ctx.settings.tag_sync_full_recheck_days)
+
+    def run():
+        return sync_boxes(ctx.stash, chosen, blacklist, ctx.settings, dry_run, ctx.plugin_dir,
+                          progress=ctx.progress, sleep=ctx.sleep, policy=policy)
+
     if dry_run:
-        return sync.run()
+        return run()
     import hook_gate
     from tagman_base import hook_switch
 
@@ -148,27 +147,33 @@ def run_sync_scene_tags(ctx: RunContext):
         with single_run(ctx.plugin_dir / hook_gate.TAG_SYNC_LOCK, "A scene tag sync"):
             # Our lock is held: the companion goes off, so our writes start no hook process.
             hook_switch.keep_in_step(ctx.stash, ctx.plugin_dir, ctx.settings.live_cache)
-            return sync.run()
+            return run()
     finally:  # lock released: back in step (a killed sync is repaired by the next task's settings read)
         hook_switch.keep_in_step(ctx.stash, ctx.plugin_dir, ctx.settings.live_cache)
+
+
+def run_reset_sync_history(ctx: RunContext):
+    """Mode ``reset_sync_history``: forget which StashDB tags were settled (argument ``endpoint``: one box only)."""
+    import hook_gate
+    from stashdb_scene_sync import reset_sync_history
+
+    with single_run(ctx.plugin_dir / hook_gate.TAG_SYNC_LOCK, "A scene tag sync"):
+        return reset_sync_history(ctx.stash, ctx.plugin_dir, str(ctx.args.get("endpoint") or "").strip())
 
 
 def run_link_tags(ctx: RunContext):
     """Mode ``link_tags``: give local tags the StashIDs of the stash-box tags they name (``dry_run``: preview)."""
     from tagman_base.stash_client import select_stash_box
-    from stashdb_api import StashDBClient, TokenBucket, effective_rate_per_minute
+    from stashdb_scene_sync import stashdb_client_for
     from stashdb_tag_links import TAG_LINK_LOCK, link_tags_for_box
 
     boxes, _ = ctx.stash.stash_boxes_and_exclusions()
     for box in boxes:
         plugin_log.redactor.add(box.api_key)
     box = select_stash_box(boxes, ctx.settings.stash_box_endpoint)
-    rate_per_minute = effective_rate_per_minute(box.max_requests_per_minute, ctx.settings.max_requests_per_minute)
-    stashdb = StashDBClient(box.endpoint, box.api_key, TokenBucket(rate_per_minute * RATE_SAFETY_FACTOR / 60.0),
-                            sleep=ctx.sleep)
+    stashdb = stashdb_client_for(box, ctx.settings, ctx.sleep)
     dry_run = is_true(ctx.args.get("dry_run"))
-    log.info(f"Linking local tags to the tags of {box.endpoint} at up to {rate_per_minute:g} requests/min"
-             + (" (preview)" if dry_run else ""))
+    log.info(f"Linking local tags to the tags of {box.endpoint}" + (" (preview)" if dry_run else ""))
     if dry_run:
         return link_tags_for_box(ctx.stash, stashdb, box, True, ctx.plugin_dir / "reports", ctx.progress)
     with single_run(ctx.plugin_dir / TAG_LINK_LOCK, "A tag link run"):
@@ -192,6 +197,7 @@ def single_run(lock_path: Path, job: str):
 
 MODES: dict[str, Callable[[RunContext], Any]] = {
     "sync_scene_tags": run_sync_scene_tags,
+    "reset_sync_history": run_reset_sync_history,
     "cache_full_sync": local_cache.full_sync,
     "cache_incremental_sync": local_cache.incremental_sync,
     "cache_smart_sync": local_cache.smart_sync,

@@ -122,7 +122,7 @@ def figures(result: dict, rate: float, check_wall: bool) -> list[tuple[str, str,
     n = result["scenes"]
     s, f, run = result["summary"], result["fakes"], result["run"]
     linked = s["scenes_seen"]
-    fallbacks = s["matched_by_id"] + s["not_found"]
+    fallbacks = s["matched_by_id"] + s["not_found"] + s["deleted_on_stashdb"]
     requests = f["stashdb_requests"]
     request_bound = math.ceil(linked / FINGERPRINT_BATCH) + fallbacks
     floor = (requests - 1) * 60.0 / rate
@@ -131,7 +131,7 @@ def figures(result: dict, rate: float, check_wall: bool) -> list[tuple[str, str,
     rows: list[tuple[str, str, str, bool | None]] = [
         (f"[{n}] linked scenes N", f"{linked}", f"= generated {result['info']['linked']}",
          linked == result["info"]["linked"]),
-        (f"[{n}] fallbacks (pass 2)", f"{fallbacks} (by id {s['matched_by_id']} + not found {s['not_found']})",
+        (f"[{n}] fallbacks (pass 2)", f"{fallbacks} (by id {s['matched_by_id']} + not found {s['not_found']} + deleted {s['deleted_on_stashdb']})",
          f"= generated {result['info']['pass2_expected']}", fallbacks == result["info"]["pass2_expected"]),
         (f"[{n}] StashDB requests", f"{requests} (fingerprint {ops.get('FindScenesBySceneFingerprints', 0)}"
          f" + by id {ops.get('FindScene', 0)})", f"<= ceil(N/40)+fallbacks = {request_bound}", requests <= request_bound),

@@ -35,7 +35,7 @@ STASHDB_API_KEY = "demo-stashdb-api-key-9b27f3"
 PLUGIN_SCRIPT = ROOT / "tag_manager.py"
 MUTATION_OPERATION = "TagSyncAddTags"
 BATCH_MUTATION_OPERATION = "TagSyncAddTagsBatch"  # aliased bulkSceneUpdate fields, one per tag set
-PASS2_KINDS = ("fallback", "wrong_hit", "missing")  # scenes that need a by-id look-up
+PASS2_KINDS = ("fallback", "wrong_hit", "missing", "deleted")  # by-id look-ups (StashDB never returns deleted scenes by fingerprint)
 LINKED_KINDS = ("normal", "fallback", "wrong_hit", "deleted", "missing")
 LEVEL_NAMES = {"t": "TRACE", "d": "DEBUG", "i": "INFO", "w": "WARN", "e": "ERROR"}
 HOST_START_TIMEOUT_S = 900.0
@@ -103,6 +103,20 @@ class Fakes:
         self.stash.clear_log()
         self.stashdb.reset_counters()
         return {"scenes": len(self.before)}
+
+    def edit_stashdb(self, fraction: float, seed: int = 1) -> dict[str, Any]:
+        """Apply a tags edit to ``fraction`` of the StashDB scenes that linked scenes match (one pool tag added)."""
+        import random
+
+        rng = random.Random(seed)
+        pool = sorted(self.library.stashdb_tags)
+        matched = sorted({self.library.scene_link[sid] for sid, kind in self.library.scene_kind.items()
+                          if kind in ("normal", "fallback", "wrong_hit")})
+        chosen = rng.sample(matched, max(1, round(fraction * len(matched))))
+        for stashdb_id in chosen:
+            tags = list(self.library.stashdb["scenes"][stashdb_id]["tags"])
+            self.stashdb.edit_scene(stashdb_id, tags=tags + [self.library.stashdb_tags[rng.choice(pool)]])
+        return {"edited": len(chosen), "of": len(matched)}
 
     def report(self) -> dict[str, Any]:
         """What changed since ``snapshot`` and what the fakes were asked, checked against the generator."""
@@ -178,6 +192,8 @@ def serve_host(argv: list[str]) -> int:
                 answer = fakes.snapshot()
             elif command == "report":
                 answer = fakes.report()
+            elif command.startswith("edit_stashdb "):
+                answer = fakes.edit_stashdb(float(command.split()[1]))
             else:
                 answer = {"error": f"unknown command {command!r}"}
             out.write(json.dumps(answer) + "\n")
@@ -225,9 +241,9 @@ class FakesProcess:
 
 # ---------------------------------------------------------------------------------------- plugin
 
-def plugin_stdin(stash_port: int, plugin_dir: Path, dry_run: bool = False) -> dict[str, Any]:
+def plugin_stdin(stash_port: int, plugin_dir: Path, dry_run: bool = False, **extra_args: str) -> dict[str, Any]:
     """The JSON document Stash writes to a raw plugin's stdin for the scene tag sync task."""
-    args: dict[str, Any] = {"mode": "sync_scene_tags"}
+    args: dict[str, Any] = {"mode": "sync_scene_tags", **extra_args}
     if dry_run:
         args["dry_run"] = "true"
     return {

@@ -34,6 +34,7 @@ from bench.demo_cache import DEMO_TAG, add_demo_tag, run_cache_demo  # noqa: E40
 CSV_LINES_SHOWN = 6
 SUMMARY_FIELDS = ("scenes_seen", "matched_by_fingerprint", "matched_by_id", "not_found", "deleted_on_stashdb",
                   "scenes_updated", "tags_added", "tags_unmatched", "tags_blacklisted", "tags_deleted_on_stashdb",
+                  "tags_skipped_by_history", "probable_merges", "strategy", "scenes_from_feed", "scenes_rematched",
                   "errors", "stashdb_requests", "stash_mutations", "elapsed_s", "report_path")
 
 

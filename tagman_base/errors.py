@@ -12,9 +12,10 @@
     │   ├── RateLimitedError       still HTTP 429 after every retry
     │   ├── StashDBUnavailable     5xx, timeouts or malformed bodies after every retry
     │   └── GraphQLQueryError      the stash-box answered GraphQL errors
-    └── CacheError                 the sidecar SQLite cache cannot be used
-        ├── CacheSchemaError       the file is not a cache of a version this code understands
-        └── CacheLockedError       another sync holds the cache
+    ├── CacheError                 the sidecar SQLite cache cannot be used
+    │   ├── CacheSchemaError       the file is not a cache of a version this code understands
+    │   └── CacheLockedError       another sync holds the cache
+    └── SyncHistoryError           the scene tag sync history file cannot be used
 """
 
 from __future__ import annotations
@@ -94,3 +95,7 @@ class CacheSchemaError(CacheError):
 
 class CacheLockedError(CacheError):
     """Another sync is running against the same cache file."""
+
+
+class SyncHistoryError(TagManagerError):
+    """The scene tag sync history file is unreadable or from a newer version of the plugin."""

@@ -32,6 +32,8 @@ class Settings:
     cache_change_log_days: float = 30.0  # cacheChangeLogDays; 0 keeps the change log forever
     cache_soft_delete: bool = False  # cacheSoftDelete
     cache_soft_delete_days: float = 14.0  # cacheSoftDeleteDays; 0 keeps soft-deleted entities forever
+    tag_sync_full_recheck: bool = False  # tagSyncFullRecheck; every sync checks every scene (no change feed)
+    tag_sync_full_recheck_days: float = 30.0  # tagSyncFullRecheckDays; a full re-check when the last is older; 0: always
 
     @classmethod
     def from_plugin_config(cls, config: Mapping[str, Any] | None) -> Settings:
@@ -108,6 +110,8 @@ SETTING_KEYS = {
     "cache_change_log_days": "cacheChangeLogDays",
     "cache_soft_delete": "cacheSoftDelete",
     "cache_soft_delete_days": "cacheSoftDeleteDays",
+    "tag_sync_full_recheck": "tagSyncFullRecheck",
+    "tag_sync_full_recheck_days": "tagSyncFullRecheckDays",
 }
 PARSERS = {
     "sync_dry_run": parse_bool,
@@ -119,6 +123,8 @@ PARSERS = {
     "cache_change_log_days": parse_days,
     "cache_soft_delete": parse_bool,
     "cache_soft_delete_days": parse_days,
+    "tag_sync_full_recheck": parse_bool,
+    "tag_sync_full_recheck_days": parse_days,
 }
 
 

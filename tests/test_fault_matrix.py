@@ -37,7 +37,7 @@ def test_stashdb_transient_fault_is_retried_and_the_run_is_complete(servers, tmp
 
 def test_stashdb_graphql_error_skips_that_batch_only(servers, tmp_path):
     expected, before = expected_additions(servers), scene_tags(servers)
-    servers.stashdb.fail_next(1, status=200, body=GRAPHQL_ERROR)
+    servers.stashdb.fail_next(1, status=200, body=GRAPHQL_ERROR, operation="FindScenesBySceneFingerprints")
     result = run_tag_sync(servers, tmp_path)
     first_batch = {int(i) for i in servers.stash.requests("TagSyncScenes")[0][1]["ids"]}
     assert result.errors == 1
@@ -93,7 +93,8 @@ def test_scene_deleted_by_the_user_mid_run_costs_only_that_scene(servers, tmp_pa
 
 def test_many_stashdb_graphql_errors_in_a_row_do_not_stop_the_run(servers, tmp_path):
     """StashDB answering (e.g. rejecting malformed linked ids) is not StashDB being down."""
-    servers.stashdb.fail_next(6, status=200, body=GRAPHQL_ERROR)  # 6 of the 7 fingerprint batches
+    # 6 of the 7 fingerprint batches
+    servers.stashdb.fail_next(6, status=200, body=GRAPHQL_ERROR, operation="FindScenesBySceneFingerprints")
     result = run_tag_sync(servers, tmp_path)
     assert result.errors == 6 and result.tags_added > 0
 

@@ -42,6 +42,7 @@ def test_sync_adds_exactly_what_the_tagger_would_and_removes_nothing(servers, tm
     assert result.scenes_updated == len(expected)
     assert result.tags_added == sum(len(v) for v in expected.values())
     assert result.errors == 0 and not result.dry_run and result.report_path is None
+    assert result.probable_merges == 0 and result.tags_skipped_by_history == 0
     assert result.stash_mutations == mutations_sent(servers)
     assert result.stash_mutations <= len({frozenset(v) for v in expected.values()})
     assert servers.stashdb.throttled == 0
@@ -51,12 +52,14 @@ def test_requests_are_batched_and_bounded(servers, tmp_path):
     result = sync(servers, tmp_path)
     calls = servers.stashdb.operations
     with_prints = kind_count(servers, *LINKED_KINDS)
-    fallbacks = kind_count(servers, "fallback", "wrong_hit", "missing")
+    # StashDB never returns a deleted scene by fingerprint: those are looked up by id too
+    fallbacks = kind_count(servers, "fallback", "wrong_hit", "missing", "deleted")
     assert calls["FindScenesBySceneFingerprints"] == math.ceil(with_prints / 40)
     assert calls["FindScene"] == fallbacks
+    assert calls["QueryScenesByUpdated"] == 1  # the change feed's mark, read before anything else
     # on a busy machine the fake may answer 429 to a request that arrived early; the retry is the
     # only extra request, so the requests answered are exactly the bound whatever the load
-    assert result.stashdb_requests - servers.stashdb.throttled == math.ceil(with_prints / 40) + fallbacks
+    assert result.stashdb_requests - servers.stashdb.throttled == math.ceil(with_prints / 40) + fallbacks + 1
     sizes = [len(c["variables"]["fingerprints"]) for c in servers.stashdb.calls
              if c["operation"] == "FindScenesBySceneFingerprints"]
     assert max(sizes) == 40 and all(size <= 40 for size in sizes)
@@ -165,7 +168,8 @@ def test_transient_stashdb_failure_is_retried_to_the_same_outcome(servers, tmp_p
 def test_failed_batch_is_skipped_and_counted(servers, tmp_path):
     expected = expected_additions(servers)
     before = scene_tags(servers)
-    servers.stashdb.fail_next(4, status=503)  # the first fingerprint batch fails on all 4 attempts
+    # the first fingerprint batch fails on all 4 attempts
+    servers.stashdb.fail_next(4, status=503, operation="FindScenesBySceneFingerprints")
     result = sync(servers, tmp_path)
     first_batch = {int(i) for i in servers.stash.requests("TagSyncScenes")[0][1]["ids"]}
     after = scene_tags(servers)

@@ -113,3 +113,11 @@ def test_cache_settings_defaults_and_parsing():
 def test_bad_day_settings_name_the_setting(key, raw):
     with pytest.raises(SettingsError, match=key):
         Settings.from_plugin_config({key: raw})
+
+
+def test_full_recheck_settings():
+    assert Settings.from_plugin_config({}).tag_sync_full_recheck_days == 30.0
+    parsed = Settings.from_plugin_config({"tagSyncFullRecheck": True, "tagSyncFullRecheckDays": "7"})
+    assert parsed.tag_sync_full_recheck is True and parsed.tag_sync_full_recheck_days == 7.0
+    with pytest.raises(SettingsError, match="tagSyncFullRecheckDays"):
+        Settings.from_plugin_config({"tagSyncFullRecheckDays": "-1"})

@@ -183,7 +183,7 @@ def assert_same_members(name: str, fake_type, real_type) -> None:
 
 def test_scene_selection_is_exactly_what_tag_sync_needs():
     for query in (FIND_SCENES_BY_FINGERPRINTS_QUERY, FIND_SCENE_QUERY):
-        assert "{ id deleted tags { id name aliases deleted } }" in query
+        assert "{ id deleted updated tags { id name aliases deleted } }" in query
 
 
 # -- limiter ---------------------------------------------------------------------------------------

@@ -3,13 +3,20 @@
 World shape::
 
     {"scenes": {"<uuid>": {"id", "title", "deleted", "tags": [{"id", "name", "aliases", "deleted"}],
-                           "fingerprints": [{"algorithm", "hash", "duration"}]}},
+                           "fingerprints": [{"algorithm", "hash", "duration"}], "updated"}},
      "tags": {"<uuid>": {"id", "name", "aliases", "deleted"}}}   # optional: else the scenes' tags
 
 ``queryTags`` answers as stash-box's resolver does (internal/service/tag/query.go): deleted tags are
 never listed, ``count`` is the number of live tags, rows are ordered by the sort field and paged
 with LIMIT/OFFSET (``page`` below 1 means 1, ``per_page`` below 1 means 25, no upper cap), and
 aliases come sorted. (Postgres orders names by its collation; only a stable order matters here.)
+
+``updated`` is stash-box's microsecond UTC text; scenes without one get a fixed 2025 instant at
+start. ``edit_scene`` and ``merge_scenes`` model applied edits as stash-box applies them (see
+``../shared/reference/stash-behaviour.md``): deleted scenes are never returned by fingerprint,
+``findScene`` returns them with ``deleted: true`` and does not follow merges. ``queryScenes``
+serves only ``sort: UPDATED_AT`` (by instant, then id), lists live scenes only, counts them, and
+takes any ``per_page``.
 
 Requests are executed with graphql-core against ``stashdb_fake.graphql``, a strict subset of the
 real stash-box schema, so a query with a wrong field fails as it would against StashDB.
@@ -24,6 +31,8 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -34,6 +43,26 @@ MAX_FINGERPRINT_LISTS = 40
 DEFAULT_API_KEY = "fake-stashdb-key"
 DEFAULT_TAGS_PER_PAGE = 25
 TAG_SORT_FIELDS = {"NAME": "name", "CREATED_AT": "created", "UPDATED_AT": "updated"}
+INITIAL_UPDATED = datetime(2025, 1, 1, tzinfo=timezone.utc)
+
+
+def stashbox_time(moment: datetime) -> str:
+    """stash-box's ``updated`` text: UTC, microseconds with trailing zeros dropped (Go's RFC3339Nano)."""
+    text = moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f").rstrip("0").rstrip(".")
+    return text + "Z"
+
+
+def updated_instant(text: str) -> datetime:
+    """The instant of an ``updated`` text."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def stamp_missing_updated(world: dict) -> None:
+    """Give every scene without ``updated`` a distinct fixed instant before 2025 (an hour apart, in world order)."""
+    scenes = list(world.get("scenes", {}).values())
+    for index, scene in enumerate(scenes):
+        if not scene.get("updated"):
+            scene["updated"] = stashbox_time(INITIAL_UPDATED - timedelta(hours=len(scenes) - index))
 
 
 def load_schema():
@@ -79,8 +108,11 @@ class FakeStashDB:
         host: str = "127.0.0.1",
         port: int = 0,
         tolerance_s: float = 0.02,
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
         self.world = world
+        self.clock = clock
+        stamp_missing_updated(world)
         self.api_key = api_key
         self.max_requests_per_minute = max_requests_per_minute
         self.tolerance_s = tolerance_s
@@ -90,7 +122,7 @@ class FakeStashDB:
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
-        self._failures: list[tuple[int, bytes, dict]] = []
+        self._failures: list[tuple[int, bytes, dict, str | None]] = []
         self._delays: list[float] = []
         self._last_accepted: float | None = None
         self.reset_counters()
@@ -145,21 +177,58 @@ class FakeStashDB:
             self.calls: list[dict] = []
             self.user_agents: list[str | None] = []  # the User-Agent header of every request
 
-    def fail_next(self, n: int = 1, status: int = 500, body: bytes | str = b"", headers: dict | None = None) -> None:
-        """Answer the next `n` authorised requests with this status, body and headers instead of executing them."""
+    def fail_next(self, n: int = 1, status: int = 500, body: bytes | str = b"", headers: dict | None = None,
+                  operation: str | None = None) -> None:
+        """Answer the next `n` authorised requests (of `operation` only, when given) with this status, body
+        and headers instead of executing them."""
         raw = body.encode() if isinstance(body, str) else bytes(body)
         with self._lock:
-            self._failures.extend([(status, raw, dict(headers or {}))] * n)
+            self._failures.extend([(status, raw, dict(headers or {}), operation)] * n)
 
     def delay_next(self, n: int = 1, seconds: float = 1.0) -> None:
         """Wait `seconds` before answering each of the next `n` authorised requests."""
         with self._lock:
             self._delays.extend([seconds] * n)
 
+    # -- edits, as stash-box applies them ------------------------------------------------------
+
+    def edit_scene(self, scene_id: str, tags: list[dict] | None = None, started_at: datetime | None = None) -> str:
+        """Apply an edit to a scene (new tag list): ``updated`` becomes the edit's start; returns it.
+
+        stash-box stamps ``now()``, the transaction's start, so an edit that commits late can carry
+        an ``updated`` older than one a reader has already seen: pass ``started_at`` to model that.
+        """
+        with self._lock:
+            scene = self.world["scenes"][scene_id]
+            if tags is not None:
+                scene["tags"] = list(tags)
+            scene["updated"] = stashbox_time(started_at or self.clock())
+            return scene["updated"]
+
+    def merge_scenes(self, source_id: str, target_id: str) -> None:
+        """Merge one scene into another: the source is deleted, its fingerprints move, both sides' ``updated`` move."""
+        with self._lock:
+            scenes = self.world["scenes"]
+            source, target = scenes[source_id], scenes[target_id]
+            now = stashbox_time(self.clock())
+            target["fingerprints"] = list(target.get("fingerprints", ())) + list(source.get("fingerprints", ()))
+            source["fingerprints"] = []
+            source["deleted"] = True
+            source["updated"] = target["updated"] = now
+            self.index = build_fingerprint_index(self.world)
+
+    def delete_scene(self, scene_id: str) -> None:
+        """Delete a scene as an applied destroy edit does (``deleted`` set, ``updated`` moves)."""
+        with self._lock:
+            scene = self.world["scenes"][scene_id]
+            scene["deleted"] = True
+            scene["updated"] = stashbox_time(self.clock())
+
     # -- request handling (called from handler threads) ----------------------------------------
 
     def admit(self, api_key: str | None, arrived: float,
-              user_agent: str | None = None) -> tuple[tuple[int, bytes, dict] | None, float]:
+              user_agent: str | None = None, operation: str | None = None
+              ) -> tuple[tuple[int, bytes, dict] | None, float]:
         """Count a request; return (refusal or None to execute it, seconds to stall first).
 
         A missing or empty key is anonymous: stash-box executes the request, and every field
@@ -181,7 +250,15 @@ class FakeStashDB:
                 return (429, b"rate limited", {"Retry-After": str(retry_after), "Content-Type": "text/plain"}), 0.0
             self._last_accepted = arrived
             delay = self._delays.pop(0) if self._delays else 0.0
-            return (self._failures.pop(0) if self._failures else None), delay
+            return self._take_failure(operation), delay
+
+    def _take_failure(self, operation: str | None) -> tuple[int, bytes, dict] | None:
+        """The first queued failure meant for this operation (or for any), removed from the queue."""
+        for index, (status, body, headers, wanted) in enumerate(self._failures):
+            if wanted is None or wanted == operation:
+                del self._failures[index]
+                return status, body, headers
+        return None
 
     def _too_soon(self, arrived: float) -> int | None:
         """Whole seconds to put in Retry-After if this request beats the rate; None if it is on time."""
@@ -225,7 +302,7 @@ class FakeStashDB:
     def _root(self) -> dict:
         """Root resolvers for the Query type."""
         return {"findScene": self._find_scene, "findScenesBySceneFingerprints": self._find_by_fingerprints,
-                "queryTags": self._query_tags}
+                "queryTags": self._query_tags, "queryScenes": self._query_scenes}
 
     def _query_tags(self, _info, input: dict):  # noqa: A002 - GraphQL argument name
         """Resolve queryTags: live tags only, sorted, LIMIT/OFFSET paging without a cap."""
@@ -248,6 +325,18 @@ class FakeStashDB:
                 pool.setdefault(tag["id"], tag)
         return list(pool.values())
 
+    def _query_scenes(self, _info, input: dict):  # noqa: A002 - GraphQL argument name
+        """Resolve queryScenes sorted by UPDATED_AT: live scenes only, offset paging, no per_page cap."""
+        if input["sort"] != "UPDATED_AT":
+            raise GraphQLError("the fake StashDB sorts queryScenes by UPDATED_AT only")
+        with self._lock:
+            live = [s for s in self.world.get("scenes", {}).values() if not s.get("deleted")]
+        # stash-box orders by the timestamp column; its text drops trailing zeros, so order by instant
+        live.sort(key=lambda s: (updated_instant(s["updated"]), s["id"]), reverse=input["direction"] == "DESC")
+        page, per_page = max(1, input["page"]), input["per_page"]
+        start = (page - 1) * per_page if per_page >= 0 else 0
+        return {"count": len(live), "scenes": live[start:start + per_page] if per_page >= 0 else live}
+
     def _find_scene(self, _info, id: str):  # noqa: A002 - GraphQL argument name
         """Resolve findScene."""
         return self.world.get("scenes", {}).get(id)
@@ -259,7 +348,8 @@ class FakeStashDB:
         return [self._scenes_matching(group) for group in fingerprints]
 
     def _scenes_matching(self, group: list[dict]) -> list[dict]:
-        """Deduplicated scenes having any fingerprint of the group; MD5 is ignored like StashDB does."""
+        """Live scenes having any fingerprint of the group, deduplicated; MD5 is ignored like StashDB does
+        and deleted scenes are never returned (``scene.sql`` filters ``deleted = false``)."""
         scenes = self.world.get("scenes", {})
         ids: list[str] = []
         for fp in group:
@@ -268,7 +358,7 @@ class FakeStashDB:
             for scene_id in self.index.get(fingerprint_key(fp["algorithm"], fp["hash"]), ()):
                 if scene_id not in ids:
                     ids.append(scene_id)
-        return [scenes[i] for i in ids]
+        return [scenes[i] for i in ids if not scenes[i].get("deleted")]
 
 
 def _first_operation_name(document) -> str | None:
@@ -305,13 +395,14 @@ class _Handler(BaseHTTPRequestHandler):
             return
         fake = self.server.fake
         api_key = self.headers.get("ApiKey")
-        refusal, delay = fake.admit(api_key, arrived, self.headers.get("User-Agent"))
+        payload = _decode(body)
+        operation = payload.get("operationName") if isinstance(payload, dict) else None
+        refusal, delay = fake.admit(api_key, arrived, self.headers.get("User-Agent"), operation)
         if delay:
             time.sleep(delay)
         if refusal is not None:
             self._send(*refusal)
             return
-        payload = _decode(body)
         self._send_json(*(fake.execute(payload) if api_key else fake.execute(payload, anonymous=True)))
 
     def do_GET(self) -> None:  # noqa: N802 - http.server naming
