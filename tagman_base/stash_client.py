@@ -406,21 +406,19 @@ def select_stash_box(boxes: list[StashBox], wanted_endpoint: str = "") -> StashB
 def stash_boxes_to_sync(boxes: list[StashBox], wanted_endpoint: str = "") -> list[StashBox]:
     """The stash-boxes a run works on: the one ``stashBoxEndpoint`` names, else every box with an API key."""
     if wanted_endpoint or not boxes:
-        box = select_stash_box(boxes, wanted_endpoint)
-        if not box.api_key.strip():  # stash-box answers every request of an empty key "not authorized"
-            raise SettingsError(
-                f"The stash-box {box.name or box.endpoint} ({box.endpoint}) has no API key, so it would answer "
-                "every request \"not authorized\". Add the key under Settings › Metadata Providers › "
-                "Stash-box Endpoints, then run the task again."
-            )
-        return [box]
-    with_key = [box for box in boxes if box.api_key.strip()]
-    if not with_key:
-        raise SettingsError(
-            "No stash-box configured in Stash has an API key. Add the key under Settings › Metadata Providers › "
-            "Stash-box Endpoints, then run the task again."
-        )
+        chosen = [select_stash_box(boxes, wanted_endpoint)]
+    else:
+        chosen = [box for box in boxes if box.api_key.strip()]
+    if not chosen or not all(box.api_key.strip() for box in chosen):
+        raise SettingsError(_no_key_message([box for box in boxes if not box.api_key.strip()]))
     for box in boxes:
-        if box not in with_key:
+        if box not in chosen:
             log.info(f"Skipping stash-box {box.name or box.endpoint}: it has no API key in Stash")
-    return with_key
+    return chosen
+
+
+def _no_key_message(keyless: list[StashBox]) -> str:
+    """One line naming the boxes without an API key (stash-box answers their requests "not authorized")."""
+    names = ", ".join(f"{box.name or box.endpoint} ({box.endpoint})" for box in keyless) or "none"
+    return (f"The stash-box {names} has no API key, so it would answer every request \"not authorized\". "
+            "Add the key under Settings › Metadata Providers › Stash-box Endpoints, then run the task again.")

@@ -150,10 +150,11 @@ def test_boxes_without_an_api_key_are_skipped():
     boxes = [StashBox("https://a.example/graphql", "key-a", "A", 0), StashBox("https://b.example/graphql", "", "B", 0),
              StashBox("https://stashdb.org/graphql", "key-c", "StashDB", 0)]
     assert stash_boxes_to_sync(boxes) == [boxes[0], boxes[2]]
-    assert stash_boxes_to_sync(boxes, "B") == [boxes[1]]
+    with pytest.raises(SettingsError, match=r"B \(https://b.example/graphql\) has no API key"):
+        stash_boxes_to_sync(boxes, "B")  # named, but stash-box would answer it "not authorized"
     with pytest.raises(SettingsError, match="API key"):
         stash_boxes_to_sync([boxes[1]])
-    with pytest.raises(SettingsError, match="No stash-box"):
+    with pytest.raises(SettingsError):
         stash_boxes_to_sync([])
 
 

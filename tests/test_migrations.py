@@ -146,9 +146,9 @@ def test_version_3_file_gets_the_watch_tables_and_the_typed_full_sync_marker(tmp
 
 
 def test_ddl_lives_only_in_the_schema_module():
-    """No runtime module but the schema creates or alters tables."""
+    """No runtime module but a schema module (the mirror's, the tag sync history's) creates or alters tables."""
     root = Path(__file__).resolve().parents[1]
     runtime = [p for p in root.rglob("*.py") if not {"tests", "bench", ".venv"} & set(p.relative_to(root).parts)]
-    offenders = [p.name for p in runtime if p.name != "schema.py"
+    offenders = [p.name for p in runtime if p.name not in ("schema.py", "history_schema.py")
                  and any(word in p.read_text() for word in ("CREATE TABLE ", "ALTER TABLE ", "CREATE INDEX "))]
     assert offenders == []
