@@ -7,6 +7,9 @@ its version bump in one transaction, and refuses a file written by a newer versi
 Version 3 adds soft retention (``deleted_at`` on every entity table and a ``live_<type>`` view of
 the present ones), the change log ``sync_changes`` and per-run change counts in ``sync_runs``.
 
+Version 4 adds ``mirror_signals``: per file-owning type, the cursor of the file-change window and
+the position of the rolling re-verification (see ``mirror_signals.py``).
+
 Every mirror table carries three guard triggers (INSERT, UPDATE, DELETE) that abort unless the
 connection has attached the in-memory database ``cache_writer`` — which only the sync's own
 connection does (``enable_writes``). Any other connection, a plain ``sqlite3`` shell included,
@@ -21,7 +24,7 @@ from contextlib import contextmanager
 
 from tm_errors import CacheSchemaError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 WRITER_SCHEMA = "cache_writer"
 READ_ONLY_MESSAGE = (
     "stash cache is a read-only mirror of Stash: change the data in Stash, then run "
@@ -213,7 +216,13 @@ _V3_CHANGES = (
 V3_TABLES = ("sync_changes",)
 LIVE_VIEWS = tuple(f"live_{t}" for t in ENTITY_TABLES)
 
-MIRROR_TABLES = V1_TABLES + V2_TABLES + V3_TABLES
+# files_cursor: newest file updated_at (Stash's text) the file-change window has covered;
+# verify_after: the rolling re-verification resumes after this entity id (0: from the start)
+_V4_SIGNALS = ["""CREATE TABLE mirror_signals (
+    entity_type TEXT PRIMARY KEY, files_cursor TEXT, verify_after INTEGER NOT NULL DEFAULT 0)"""]
+V4_TABLES = ("mirror_signals",)
+
+MIRROR_TABLES = V1_TABLES + V2_TABLES + V3_TABLES + V4_TABLES
 
 
 def _sql_text(text: str) -> str:
@@ -244,6 +253,8 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     # fetch of such an entity compares its content and rewrites only the hash when nothing changed
     (3, "soft retention (deleted_at, live_* views), change log and per-run change counts",
      _V3_CHANGES + [sql for t in V3_TABLES for sql in guard_triggers(t)]),
+    (4, "file-change window cursors and rolling re-verification positions",
+     _V4_SIGNALS + [sql for t in V4_TABLES for sql in guard_triggers(t)]),
 ]
 
 
