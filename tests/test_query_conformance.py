@@ -9,7 +9,7 @@ from graphql import parse, validate
 
 from tests.reference import real_stash_schema, real_stashbox_schema
 
-STASH_MODULES = ["stash_client", "stashdb_scene_sync", "local_cache"]
+STASH_MODULES = ["stash_client", "stashdb_scene_sync", "local_cache", "mirror_signals"]
 STASHBOX_MODULES = ["stashdb_api"]
 
 
