@@ -1216,6 +1216,8 @@ class CacheSync:
             base, share = index / count, 0.95 / count
             self._sync_type(spec, lambda f, b=base, s=share: self.progress(min(1.0, b * 0.95 + f * s)))
             self.progress((index + 1) / count * 0.95)
+        import mirror_signals  # (imports this module)
+        mirror_signals.check(self)  # changes no updated_at reveals: file moves, phashes, re-verification
         for spec in self.specs:
             # deletions found in later types (e.g. a merged tag) queue earlier ones (e.g. studios);
             # types outside the run's scope keep their queue for a later run
