@@ -1474,6 +1474,8 @@ class CacheSync:
 
     def _reconcile(self, spec: EntitySpec, allow_mass_delete: bool) -> None:
         """Compare the id sets: delete what Stash no longer has (with its links), fetch what the mirror lacks."""
+        import mirror_signals  # (imports this module)
+
         stats = self.stats[spec.table]
         listing = self._call(LISTING_QUERIES[spec.table],
                              {"window": None, "filter": {"per_page": -1, "sort": "id", "direction": "ASC"}}
@@ -1494,6 +1496,7 @@ class CacheSync:
         for chunk in _chunks(gone, 1000):
             with atomic(self.conn):
                 stats.deleted += delete_entities(self.conn, spec, chunk, recorder=self.recorder)
+                mirror_signals.queue_absorbers(self.conn, spec, chunk)  # a tag merge's destination
         if gone:
             how = "marked deleted" if self.options.soft_delete else "removed"
             log.info(f"cache {spec.table}: {how} {len(gone)} entities Stash no longer has")
