@@ -284,21 +284,23 @@ def _apply_verification(sync: Any, spec: EntitySpec, found: dict, stash_total: i
     returned = [int(i["id"]) for i in items]
     wrapped = len(items) >= found["count"]  # the slice reached the highest id
     upper = None if wrapped else max(returned)
+    count_before = sync._mirror_count(spec)
     if items:
         _write(sync, spec, items)
     mirror_ids = [r[0] for r in sync.conn.execute(
         f"SELECT id FROM {spec.table} WHERE id > ? AND deleted_at IS NULL", (after,))]
     gone = verified_range_gone(mirror_ids, returned, after, upper)
-    # Only when the counts agree: then some other entity is missing too (a paging hole), and the
-    # count comparison below finds it. Differing counts are the count comparison's to settle (it
-    # guards against mass deletion).
-    if gone and stash_total == sync._mirror_count(spec):
+    # Removed here only when the counts agreed: then some other entity was missing too (a paging
+    # hole). Differing counts are the count comparison's to settle (it guards against mass deletion).
+    if gone and stash_total == count_before:
         recorder = local_cache.ChangeRecorder(run_id=sync.recorder.run_id, soft_delete=sync.recorder.soft_delete,
                                               now_text=sync.recorder.now_text)
         with atomic(sync.conn):
             local_cache.delete_entities(sync.conn, spec, gone, recorder=recorder)
         _merge_counts(sync, spec, recorder)
         log.info(f"cache {spec.table}: re-verification found {len(gone)} entities Stash no longer has")
+    count_after = sync._mirror_count(spec)
+    if count_after != count_before and count_after != stash_total:
         sync._reconcile(spec, allow_mass_delete=False)
     return 0 if wrapped else max(returned)
 
