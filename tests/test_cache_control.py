@@ -11,6 +11,7 @@ import pytest
 
 import cache_schema
 import local_cache
+import mirror_signals
 from local_cache import CacheOptions, cache_full_sync, cache_incremental_sync, cache_smart_sync
 from settings import Settings
 from tests.test_cache_robustness import Crash, CrashingClient
@@ -251,8 +252,8 @@ def test_link_order_and_refetching_identical_content_rewrite_nothing(stash, worl
     assert result.fetched > 0 and result.unchanged == result.fetched
     assert result.created == result.updated == result.deleted == 0
     assert rows(db, "SELECT count(*) FROM sync_changes WHERE run_id = ?", (result.run_id,)) == [(0,)]
-    # only bookkeeping: last_incremental_sync of each type
-    assert result.rows_written <= len(local_cache.SPECS)
+    # only bookkeeping: last_incremental_sync of each type and mirror_signals' state of its types
+    assert result.rows_written <= len(local_cache.SPECS) + len(mirror_signals.SIGNAL_TYPES)
     spec = local_cache.SPEC_BY_TABLE["scenes"]
     item = {"id": "1", "title": "t", "created_at": "2025-01-01T00:00:00Z", "updated_at": "2025-01-01T00:00:00Z",
             "tags": [{"id": "2"}, {"id": "1"}], "performers": [], "files": [], "groups": [], "galleries": [],
