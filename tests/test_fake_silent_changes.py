@@ -196,6 +196,9 @@ def test_fake_is_missing_phash_counts_scenes_without_a_phash(world, fake):
     gql(fake, "mutation S($i: FileSetFingerprintsInput!) { fileSetFingerprints(input: $i) }",
         {"i": {"id": str(fid), "fingerprints": [{"type": "phash", "value": "12ab"}]}})
     assert gql(fake, query)["findScenes"]["count"] == 1
+    gql(fake, "mutation S($i: FileSetFingerprintsInput!) { fileSetFingerprints(input: $i) }",
+        {"i": {"id": str(fid), "fingerprints": [{"type": "phash", "value": None}]}})  # null removes it
+    assert gql(fake, query)["findScenes"]["count"] == 2
 
 
 def test_fake_offset_paging_skips_a_row_when_a_lower_row_is_deleted_between_pages(world, fake):

@@ -964,11 +964,13 @@ class World:
 
     def set_phash(self, file_id, phash):
         """Generating a phash stores the fingerprint only: no timestamp moves, no hook
-        (internal/manager/task_generate_phash.go)."""
+        (internal/manager/task_generate_phash.go). ``None`` removes it (fileSetFingerprints)."""
         with self.lock:
             _etype, row, index = self.find_file(file_id)
             prints = [fp for fp in row["files"][index]["fingerprints"] if fp["type"] != "phash"]
-            self._change_file(file_id, fingerprints=prints + [{"type": "phash", "value": _phash_text(phash)}])
+            if phash is not None:
+                prints.append({"type": "phash", "value": _phash_text(phash)})
+            self._change_file(file_id, fingerprints=prints)
 
     def assign_scene_file(self, scene_id, file_id):
         """sceneAssignFile: the file leaves its scene for another one (appended; primary only when
@@ -1206,10 +1208,11 @@ def _move_files(_root, info, input):  # noqa: A002
 
 
 def _file_set_fingerprints(_root, info, input):  # noqa: A002
-    """fileSetFingerprints for phash (the only kind the fake models): the fingerprint alone changes."""
+    """fileSetFingerprints for phash (the only kind the fake models): the fingerprint alone changes;
+    a null value removes it."""
     world = info.context["world"]
     for fp in input["fingerprints"]:
-        if fp["type"] != "phash" or fp.get("value") is None:
+        if fp["type"] != "phash":
             raise FakeStashError("the fake sets phash fingerprints only")
         world.set_phash(input["id"], fp["value"])
     return True
