@@ -10,6 +10,8 @@ How a type is synced (studios, tags, performers, groups, galleries, scenes, imag
   the window). Entities whose ``updated_at`` differs from the mirror are fetched by id, oldest
   first, each chunk committed with the advanced cursor. Smart skips the type when the window
   is empty; an idle smart sync thus makes two requests per type and writes no entity rows.
+* After the types: ``mirror_signals.check`` (one more request) for what Stash changes without a
+  new ``updated_at`` — moved or modified files, generated phashes, a rolling re-verification.
 
 Why no update is missed (the cursor is always a text Stash returned, never this machine's clock):
 
@@ -23,7 +25,10 @@ Why no update is missed (the cursor is always a text Stash returned, never this 
   entities are re-read in full on every run and compared by content hash.
 * Deletions leave no trace: when Stash's count differs from the mirror's, the id sets are
   compared and vanished entities removed; whatever linked to them is queued for re-reading,
-  which also repairs links rewritten by tag merges (which do not touch ``updated_at``).
+  which also repairs links rewritten by tag merges (which do not touch ``updated_at``); removed
+  tags also queue every remaining tag (``mirror_signals.queue_absorbers``: a merge destination).
+  A full pass always compares the id sets at its end (LIMIT/OFFSET paging can skip a row while
+  the counts agree).
 
 Steering and accounting:
 
