@@ -83,6 +83,8 @@ def test_file_move_and_rename(mode, stash, world, db, clock, only_signals):
     synced(stash, db, clock)
     world.move_file(first_file(world, "scene", 3), "/moved/scene_3.mp4")
     world.move_file(first_file(world, "image", 4), "/moved/image_4.jpg")
+    zipped = min(r["id"] for r in world.tables()["gallery"] if r["files"])
+    world.move_file(first_file(world, "gallery", zipped), "/moved/gallery.zip")
     SYNCS[mode](stash, db)
     assert_mirror_equals(db, world)
 
@@ -173,6 +175,13 @@ def test_idle_smart_sync_adds_one_request_and_no_mirror_rows(stash, world, db, f
     assert result.upserted == result.deleted == 0 and all(s.skipped for s in result.per_type.values())
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM sync_changes WHERE run_id = ?", (result.run_id,)).fetchone()[0] == 0
+
+
+def test_a_run_without_scenes_images_and_galleries_sends_no_signals_request(stash, world, db, fake, clock):
+    synced(stash, db, clock)
+    fake.clear_log()
+    cache_smart_sync(stash, db, entities="performers,tags")
+    assert fake.count("TagManagerCacheSignals") == 0
 
 
 def test_rolling_verification_covers_a_larger_type_within_the_stated_runs(tmp_path, clock):
