@@ -86,6 +86,13 @@ def test_fake_tag_merge_moves_aliases_stash_ids_parents_without_bump(world, cloc
     assert world.get("scene", sid)["updated_at"] == scene_stamp
 
 
+def test_fake_tag_merge_of_the_destinations_parent_leaves_no_self_link(world):
+    parent = world.add_entity("tag", name="Parent")
+    child = world.add_entity("tag", name="Child", parent_ids=[parent])
+    world.merge_tags([parent], child)
+    assert world.get("tag", child)["parent_ids"] == []
+
+
 def test_fake_file_move_changes_only_the_file_row_with_the_scan_time(world, clock):
     sid, fid = scene_with_file(world)
     before = world.get("scene", sid)["updated_at"]

@@ -18,6 +18,7 @@ from tests.test_local_cache import (  # noqa: F401 - fixtures
 )
 
 SYNCS = {"smart": cache_smart_sync, "incremental": cache_incremental_sync}
+TINY = dict(scenes=16, images=12, tags=10, performers=6, studios=3, groups=2, galleries=4)
 
 
 def first_file(world, etype: str, eid: int) -> int:
@@ -242,10 +243,10 @@ def apply_change(world, kind: str, n: int) -> None:
     elif kind == "create":
         world.add_entity("scene", title=f"new {n}", files=[{"path": f"/new/{n}.mp4", "size": 1, "duration": 1.0}])
     elif kind == "image_move":
-        world.move_file(first_file(world, "image", 1 + n % 50), f"/moved/img_{n}.jpg")
+        world.move_file(first_file(world, "image", 1 + n % 12), f"/moved/img_{n}.jpg")
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(changes=CHANGES, seed=st.integers(0, 1000), mode=st.sampled_from(sorted(SYNCS)))
 def test_any_mix_of_changes_needs_one_sync(changes, seed, mode, tmp_path_factory):
     from tests.fakes.fake_stash import FakeStash
@@ -255,7 +256,7 @@ def test_any_mix_of_changes_needs_one_sync(changes, seed, mode, tmp_path_factory
     from stash_client import StashClient
 
     clock = Clock(__import__("datetime").datetime(2025, 3, 1, 12, tzinfo=__import__("datetime").timezone.utc))
-    world = generate_library(seed=7, clock=clock, **SMALL).world
+    world = generate_library(seed=7, clock=clock, **TINY).world
     path = tmp_path_factory.mktemp("mix") / "cache.sqlite3"
     with FakeStash(world) as server:
         client = StashClient(requests.Session(), server.url, sleep=lambda _s: None, backoff=(0.0,))

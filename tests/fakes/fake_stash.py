@@ -547,7 +547,8 @@ class World:
             aliases = list(dest["aliases"])
             lower = {a.lower() for a in aliases} | {dest["name"].lower()}
             stash_ids = list(dest["stash_ids"])
-            parents = list(dest["parent_ids"])
+            # a source that was the destination's parent would become its own parent: dropped
+            parents = [p for p in dest["parent_ids"] if p not in sources]
             for s in sources:
                 src = tags[s]
                 for p in src["parent_ids"]:  # Stash moves the sources' parents too
