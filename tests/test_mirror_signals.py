@@ -214,7 +214,8 @@ def test_rolling_verification_covers_a_larger_type_within_the_stated_runs(tmp_pa
 
 
 CHANGES = st.lists(st.sampled_from(["edit", "tag_merge", "scene_merge", "performer_merge", "move", "modify",
-                                    "phash", "delete", "create", "image_move"]), min_size=1, max_size=6)
+                                    "phash", "delete", "create", "image_move", "assign", "tag_delete"]),
+                  min_size=1, max_size=6)
 
 
 def apply_change(world, kind: str, n: int) -> None:
@@ -242,6 +243,10 @@ def apply_change(world, kind: str, n: int) -> None:
         world.delete_entity("scene", pick(scenes))
     elif kind == "create":
         world.add_entity("scene", title=f"new {n}", files=[{"path": f"/new/{n}.mp4", "size": 1, "duration": 1.0}])
+    elif kind == "assign" and len(with_files) > 1:  # a tiny library is re-verified whole on every run
+        world.assign_scene_file(pick(scenes, 1), first_file(world, "scene", pick(with_files)))
+    elif kind == "tag_delete" and len(tags) > 2:
+        world.delete_entity("tag", pick(tags))
     elif kind == "image_move":
         world.move_file(first_file(world, "image", 1 + n % 12), f"/moved/img_{n}.jpg")
 
