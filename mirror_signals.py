@@ -39,11 +39,14 @@ import math
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import local_cache
 from cache_schema import atomic
 from local_cache import SPEC_BY_TABLE, EntitySpec, epoch_of, window_lower_bound
+
+if TYPE_CHECKING:
+    from local_cache import CacheSync
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +197,7 @@ def queue_absorbers(conn: sqlite3.Connection, spec: EntitySpec, removed: Sequenc
                  "SELECT 'tags', id FROM tags WHERE deleted_at IS NULL")
 
 
-def check(sync: Any) -> None:
+def check(sync: CacheSync) -> None:
     """Run this run's checks (see the module docstring) for its scenes, images and galleries."""
     specs = [s for s in sync.specs if s.table in SIGNAL_TYPES]
     if not specs:
@@ -217,12 +220,12 @@ def check(sync: Any) -> None:
         _apply_phash_check(sync, data["phashMissing"]["count"])
 
 
-def _window_start(sync: Any, spec: EntitySpec, state: SignalState) -> str | None:
+def _window_start(sync: CacheSync, spec: EntitySpec, state: SignalState) -> str | None:
     """The files cursor to open the window at: the stored one, else the type's own cursor (None: no window)."""
     return state.files_cursor or sync._state(spec)["cursor"]
 
 
-def _signal_variables(sync: Any, specs: Sequence[EntitySpec], states: dict[str, SignalState],
+def _signal_variables(sync: CacheSync, specs: Sequence[EntitySpec], states: dict[str, SignalState],
                       windows: dict[str, str | None]) -> dict[str, Any]:
     """Variables of SIGNALS_QUERY: the parts of the run's types switched on."""
     variables: dict[str, Any] = {"phashOn": "scenes" in states}
@@ -239,7 +242,7 @@ def _signal_variables(sync: Any, specs: Sequence[EntitySpec], states: dict[str, 
     return variables
 
 
-def _write(sync: Any, spec: EntitySpec, items: list[dict]) -> None:
+def _write(sync: CacheSync, spec: EntitySpec, items: list[dict]) -> None:
     """Write fetched items through a recorder of their own; only real changes reach the run's counts."""
     recorder = local_cache.ChangeRecorder(run_id=sync.recorder.run_id, soft_delete=sync.recorder.soft_delete,
                                           now_text=sync.recorder.now_text)
@@ -251,7 +254,7 @@ def _write(sync: Any, spec: EntitySpec, items: list[dict]) -> None:
         sync.stats[spec.table].fetched += len(items)
 
 
-def _merge_counts(sync: Any, spec: EntitySpec, recorder: Any) -> None:
+def _merge_counts(sync: CacheSync, spec: EntitySpec, recorder: local_cache.ChangeRecorder) -> None:
     """Add a check's created/updated/deleted/revived counts to the run's, and mark the type not idle."""
     counts = recorder.counts.get(spec.table, {})
     changed = False
@@ -263,7 +266,7 @@ def _merge_counts(sync: Any, spec: EntitySpec, recorder: Any) -> None:
         sync.stats[spec.table].skipped = False
 
 
-def _apply_files_window(sync: Any, spec: EntitySpec, first: dict, start: str) -> str:
+def _apply_files_window(sync: CacheSync, spec: EntitySpec, first: dict, start: str) -> str:
     """Write the owners of files updated since ``start`` (all pages); returns the advanced files cursor."""
     page, cursor = first, start
     while True:
@@ -278,7 +281,7 @@ def _apply_files_window(sync: Any, spec: EntitySpec, first: dict, start: str) ->
         page = sync.stash.call(WINDOW_PAGE_QUERIES[spec.table], {"filter": window})[spec.find]
 
 
-def _apply_verification(sync: Any, spec: EntitySpec, found: dict, stash_total: int, after: int) -> int:
+def _apply_verification(sync: CacheSync, spec: EntitySpec, found: dict, stash_total: int, after: int) -> int:
     """Compare a slice of ids above ``after`` with the mirror; returns where the next run goes on."""
     items = found[spec.list_key]
     returned = [int(i["id"]) for i in items]
@@ -313,7 +316,7 @@ def _mirror_phash_missing(conn: sqlite3.Connection) -> set[int]:
         "(SELECT 1 FROM scene_files f WHERE f.scene_id = s.id AND f.phash IS NULL))")}
 
 
-def _apply_phash_check(sync: Any, stash_missing: int) -> None:
+def _apply_phash_check(sync: CacheSync, stash_missing: int) -> None:
     """When Stash's count of scenes missing a phash differs, re-read the scenes whose phash state differs."""
     mirror_missing = _mirror_phash_missing(sync.conn)
     if stash_missing == len(mirror_missing):
