@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import datetime, timezone
 
 import pytest
+import requests
 from graphql import parse, validate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -12,7 +14,9 @@ from hypothesis import strategies as st
 import local_cache
 import mirror_signals
 from local_cache import cache_full_sync, cache_incremental_sync, cache_smart_sync
-from tests.fakes.fake_stash import fake_schema
+from stash_client import StashClient
+from tests.fakes.fake_stash import FakeStash, fake_schema
+from tests.fakes.library import generate_library
 from tests.test_local_cache import (  # noqa: F401 - fixtures
     SMALL, Clock, assert_mirror_equals, clock, db, fake, lib, stash, world,
 )
@@ -186,16 +190,10 @@ def test_a_run_without_scenes_images_and_galleries_sends_no_signals_request(stas
 
 
 def test_rolling_verification_covers_a_larger_type_within_the_stated_runs(tmp_path, clock):
-    from local_cache import StashClient  # the client type local_cache uses
-    from tests.fakes.fake_stash import FakeStash
-    from tests.fakes.library import generate_library
-
     library = generate_library(seed=3, clock=clock, **{**SMALL, "scenes": 250})
     world = library.world
     path = tmp_path / "cache.sqlite3"
     with FakeStash(world) as server:
-        import requests
-
         client = StashClient(requests.Session(), server.url, sleep=lambda _s: None, backoff=(0.0,))
         cache_full_sync(client, path)
         clock.tick(60)
@@ -254,13 +252,7 @@ def apply_change(world, kind: str, n: int) -> None:
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(changes=CHANGES, seed=st.integers(0, 1000), mode=st.sampled_from(sorted(SYNCS)))
 def test_any_mix_of_changes_needs_one_sync(changes, seed, mode, tmp_path_factory):
-    from tests.fakes.fake_stash import FakeStash
-    from tests.fakes.library import generate_library
-
-    import requests
-    from stash_client import StashClient
-
-    clock = Clock(__import__("datetime").datetime(2025, 3, 1, 12, tzinfo=__import__("datetime").timezone.utc))
+    clock = Clock(datetime(2025, 3, 1, 12, tzinfo=timezone.utc))
     world = generate_library(seed=7, clock=clock, **TINY).world
     path = tmp_path_factory.mktemp("mix") / "cache.sqlite3"
     with FakeStash(world) as server:
