@@ -368,7 +368,7 @@ def report(figures: dict, reference: dict) -> None:
         inc, idle = figures["incremental"], figures["smart_idle"]
         print(f"incremental, 1% scenes:    {inc['seconds']:8.1f} s  ({inc['requests']} requests, "
               f"{inc['upserted']} entities written, {figures['edited_scenes']} scenes edited)")
-        print(f"idle smart sync requests:  {idle['requests']:8d}    bound <= 15 (2 per type + 1 for mirror_signals)  "
+        print(f"idle smart sync requests:  {idle['requests']:8d}    bound <= 15 (2 per type + 1 for the signals' checks)  "
               f"{'OK' if idle['requests'] <= 15 else 'OVER'}")
         idle_rows = idle["rows_written_in_run"]
         idle_ok = idle_rows <= 3 and idle["upserted"] + idle["deleted"] == 0 and idle["changes"] == 0
