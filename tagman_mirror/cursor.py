@@ -1,4 +1,4 @@
-"""Per-type sync state as a typed record (``TypeCursor``), read and written by one small store.
+"""Per-type sync state as typed records (``TypeCursor``, ``SignalState``), read and written by one small store.
 
 The cursor is always a text Stash returned, never this machine's clock; it is written in the same
 transaction as the rows it covers. ``window_lower_bound`` turns it into the text filter of the next
@@ -33,6 +33,15 @@ class TypeCursor:
 _COLUMNS = tuple(f.name for f in fields(TypeCursor))
 
 
+@dataclass(frozen=True)
+class SignalState:
+    """One row of ``mirror_signals``: the files-window cursor and re-verification position of a type."""
+
+    entity_type: str
+    files_cursor: str | None = None   # newest file updated_at (Stash's text) the file window covered
+    verify_after: int = 0             # the rolling re-verification resumes after this id (0: from the start)
+
+
 class CursorStore:
     """Reads and writes ``sync_state`` rows (writes inside the caller's transaction)."""
 
@@ -63,6 +72,21 @@ class CursorStore:
         current = self.get(entity_type).cursor
         if current is None or epoch_of(candidate) > epoch_of(current):
             self.set(entity_type, cursor=candidate)
+
+    def signals(self, entity_type: str) -> SignalState:
+        """The type's ``mirror_signals`` state (the initial one when none is stored)."""
+        row = self.conn.execute("SELECT files_cursor, verify_after FROM mirror_signals WHERE entity_type = ?",
+                                (entity_type,)).fetchone()
+        return SignalState(entity_type, *row) if row else SignalState(entity_type)
+
+    def set_signals(self, state: SignalState) -> None:
+        """Store a type's ``mirror_signals`` state when it changed."""
+        if self.signals(state.entity_type) == state:
+            return
+        self.conn.execute("INSERT INTO mirror_signals (entity_type, files_cursor, verify_after) VALUES (?, ?, ?) "
+                          "ON CONFLICT(entity_type) DO UPDATE SET files_cursor = excluded.files_cursor, "
+                          "verify_after = excluded.verify_after",
+                          (state.entity_type, state.files_cursor, state.verify_after))
 
     def pending_full(self) -> set[str]:
         """Types of an interrupted full sync."""

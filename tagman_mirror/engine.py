@@ -10,6 +10,8 @@ How a type is synced (studios, tags, performers, groups, galleries, scenes, imag
   the window). Entities whose ``updated_at`` differs from the mirror are fetched by id, oldest
   first, each chunk committed with the advanced cursor. Smart skips the type when the window
   is empty; an idle smart sync thus makes two requests per type and writes no entity rows.
+* After the types: ``signals.check`` (one more request) for what Stash changes without a new
+  ``updated_at`` — moved or modified files, generated phashes, a rolling re-verification.
 
 Why no update is missed (the cursor is always a text Stash returned, never this machine's clock):
 
@@ -23,7 +25,10 @@ Why no update is missed (the cursor is always a text Stash returned, never this 
   entities are re-read in full on every run and compared by content hash.
 * Deletions leave no trace: when Stash's count differs from the mirror's, the id sets are
   compared and vanished entities removed; whatever linked to them is queued for re-reading,
-  which also repairs links rewritten by tag merges (which do not touch ``updated_at``).
+  which also repairs links rewritten by tag merges (which do not touch ``updated_at``); removed
+  tags also queue every remaining tag (``signals.queue_absorbers``: a merge destination).
+  A full pass always compares the id sets at its end (LIMIT/OFFSET paging can skip a row while
+  the counts agree).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from tagman_base import plugin_log
 from tagman_base.sqlite_util import atomic, chunks, rows_where_in
 from tagman_base.stash_client import StashClient
 from tagman_base.timestamps import epoch_of, local_text, utc_now
-from tagman_mirror import queries
+from tagman_mirror import queries, signals
 from tagman_mirror.cursor import CursorStore, TypeCursor, window_filter
 from tagman_mirror.derived import refresh_derived
 from tagman_mirror.entities import ENTITY_TYPES, SPEC_BY_TABLE, SPECS, EntitySpec, parse_entities
@@ -110,6 +115,7 @@ class CacheSync:
             base, share = index / count, 0.95 / count
             self._sync_type(spec, lambda f, b=base, s=share: self.progress(min(1.0, b * 0.95 + f * s)))
             self.progress((index + 1) / count * 0.95)
+        signals.check(self)  # changes no updated_at reveals: file moves, phashes, re-verification
         for spec in self.specs:
             # deletions found in later types (e.g. a merged tag) queue earlier ones (e.g. studios);
             # types outside the run's scope keep their queue for a later run
@@ -190,19 +196,18 @@ class CacheSync:
             target = newest[0]["updated_at"] if newest else None
             with atomic(self.conn):
                 self.cursors.set(spec.table, full_next_page=page, full_cursor=target)
-        counts: set[int] = set()
         mark_dirty = self.mode != FULL or self.scoped
         for page, result in self._pages(spec, page):
             items = result[spec.list_key]
-            counts.add(result["count"])
             with atomic(self.conn):
                 stats.upserted += write_items(self.conn, spec, items, mark_dirty, recorder=self.recorder)
                 self.cursors.set(spec.table, full_next_page=page + 1)
             stats.fetched += len(items)
             log.debug(f"cache {spec.table}: page {page} ({len(items)} items)")
             progress(min(1.0, page * self.per_page / max(result["count"], 1)))
-        if resumed or len(counts) > 1 or result["count"] != mirror_count(self.conn, spec.table):
-            self._reconcile(spec, allow_mass_delete=True)
+        # Stash pages with LIMIT/OFFSET: a row deleted below the offset while paging hides the next
+        # one, and a creation meanwhile keeps the counts equal, so the id sets are always compared.
+        self._reconcile(spec, allow_mass_delete=True)
         if resumed and target is not None:
             # pages read before the interruption may have changed since: catch up from the start
             self._window_pass(spec, TypeCursor(spec.table, cursor=target), progress)
@@ -354,6 +359,7 @@ class CacheSync:
         for chunk in chunks(gone, 1000):
             with atomic(self.conn):
                 delete_entities(self.conn, spec, chunk, recorder=self.recorder)
+                signals.queue_absorbers(self.conn, spec, chunk)  # a tag merge's destination
         if gone:
             how = "marked deleted" if self.options.soft_delete else "removed"
             log.info(f"cache {spec.table}: {how} {len(gone)} entities Stash no longer has")

@@ -9,6 +9,8 @@ Version 3 adds soft retention (``deleted_at`` on every entity table and a ``live
 the present ones), the change log ``sync_changes`` and per-run change counts in ``sync_runs``.
 Version 4 adds the watch service's tables (``watch_heartbeat``, ``sync_run_origin``) and moves the
 marker of an interrupted full sync into ``sync_state.full_run_pending``.
+Version 5 adds ``mirror_signals``: per file-owning type, the cursor of the file-change window and
+the position of the rolling re-verification (see ``signals.py``).
 
 Every mirror table carries three guard triggers (INSERT, UPDATE, DELETE) that abort unless the
 connection has attached the in-memory database ``cache_writer`` — which only the sync's own
@@ -25,7 +27,7 @@ from tagman_base.errors import CacheSchemaError
 from tagman_base.sqlite_util import atomic
 from tagman_mirror.entities import LINKS, SPECS
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 WRITER_SCHEMA = "cache_writer"
 READ_ONLY_MESSAGE = (
     "stash cache is a read-only mirror of Stash: change the data in Stash, then run "
@@ -208,7 +210,13 @@ _V4_WATCH = [
 ]
 WATCH_TABLES_SINCE = 4  # schema version that has them
 
-MIRROR_TABLES = V1_TABLES + V2_TABLES + V3_TABLES
+# files_cursor: newest file updated_at (Stash's text) the file-change window has covered;
+# verify_after: the rolling re-verification resumes after this entity id (0: from the start)
+_V5_SIGNALS = ["""CREATE TABLE mirror_signals (
+    entity_type TEXT PRIMARY KEY, files_cursor TEXT, verify_after INTEGER NOT NULL DEFAULT 0)"""]
+V5_TABLES = ("mirror_signals",)
+
+MIRROR_TABLES = V1_TABLES + V2_TABLES + V3_TABLES + V5_TABLES
 
 
 def _sql_text(text: str) -> str:
@@ -245,6 +253,8 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
      _V3_CHANGES + _guards(V3_TABLES) + _added_columns(3)),
     (4, "watch service tables; the interrupted full sync marked per type in sync_state",
      _V4_WATCH + _added_columns(4)),
+    (5, "file-change window cursors and rolling re-verification positions",
+     _V5_SIGNALS + _guards(V5_TABLES) + _added_columns(5)),
 ]
 
 

@@ -116,6 +116,12 @@ _FILTERS = {
     "tag": {"stash_id_endpoint", "created_at", "updated_at"},
 }
 
+# filters on files (related files_filter, scenes' is_missing) the fake implements, per entity type
+_FILE_FILTERS = {"scene": {"files_filter", "is_missing"}, "image": {"files_filter"},
+                 "gallery": {"files_filter"}}
+# file timestamps of generated rows that never set them: older than every generated entity
+GENERATED_FILE_TIME = "2024-01-01T00:00:00Z"
+
 _SEARCH_FIELDS = {
     "tag": ("name", "aliases"), "studio": ("name", "aliases"),
     "performer": ("name", "alias_list", "disambiguation"), "group": ("name", "aliases"),
@@ -286,6 +292,7 @@ class World:
                "basename": f.get("basename") or _basename(path),
                "size": int(f.get("size", 0)),
                "fingerprints": self._norm_fingerprints(f)}
+        out.update(self._file_times(f))
         if etype == "scene":
             out.update(format=f.get("format", "mp4"), width=int(f.get("width", 1920)),
                        height=int(f.get("height", 1080)),
@@ -532,7 +539,8 @@ class World:
         """Merge tags like Stash's tagsMerge: every link to a source becomes a
         link to the destination (linked entities' updated_at untouched), the
         sources are deleted, their names and aliases become aliases of the
-        destination, and the destination's updated_at is bumped."""
+        destination, their stash ids and parents move to it; nothing's
+        updated_at changes, the destination's included (pkg/sqlite/tag.go Merge)."""
         with self.lock:
             tags = self._tables["tag"]
             dest_id = _int_id(dest_id)
@@ -547,7 +555,8 @@ class World:
             aliases = list(dest["aliases"])
             lower = {a.lower() for a in aliases} | {dest["name"].lower()}
             stash_ids = list(dest["stash_ids"])
-            parents = list(dest["parent_ids"])
+            # a source that was the destination's parent would become its own parent: dropped
+            parents = [p for p in dest["parent_ids"] if p not in sources]
             for s in sources:
                 src = tags[s]
                 for p in src["parent_ids"]:  # Stash moves the sources' parents too
@@ -571,7 +580,6 @@ class World:
                 dest["parent_ids"] = parents
             except FakeStashError:
                 pass  # keep the destination's own parents rather than make a cycle
-            dest["updated_at"] = self.now_text()
             self._bump("tag")
 
     # ------------------------------------------------------------ reads
@@ -716,7 +724,7 @@ class World:
 
     def _predicates(self, etype, flt):
         preds = []
-        allowed = _FILTERS[etype]
+        allowed = _FILTERS[etype] | _FILE_FILTERS.get(etype, set())
         for key, crit in flt.items():
             if crit is None:
                 continue
@@ -730,7 +738,39 @@ class World:
                 preds.append(self._multi_pred("tag_ids", crit))
             elif key == "stash_id_endpoint":
                 preds.append(self._stash_id_pred(crit))
+            elif key == "files_filter":
+                preds.append(self._files_pred(crit))
+            elif key == "is_missing":
+                preds.append(self._is_missing_pred(crit))
         return preds
+
+    def _files_pred(self, flt):
+        """Entities with at least one file matching every criterion of a FileFilterType
+        (updated_at, mod_time, created_at; text comparison like Stash's)."""
+        tests = []
+        for key, crit in flt.items():
+            if crit is None:
+                continue
+            if key not in ("updated_at", "mod_time", "created_at"):
+                raise FakeStashError(f"file filter {key} is not supported by the fake")
+            tests.append((key, self._ts_pred(key, crit)))
+
+        def match(row):
+            for f in row["files"]:
+                view = {k: f.get(k) or GENERATED_FILE_TIME for k, _ in tests}
+                if all(test(view) for _, test in tests):
+                    return True
+            return False
+        return match
+
+    @staticmethod
+    def _is_missing_pred(what):
+        """Scenes' is_missing; "phash": a scene without files or with a file lacking a phash
+        (a LEFT JOIN on the phash fingerprint, pkg/sqlite/scene_filter.go)."""
+        if what != "phash":
+            raise FakeStashError(f"is_missing {what!r} is not supported by the fake")
+        return lambda r: not r["files"] or any(
+            not any(fp["type"] == "phash" for fp in f["fingerprints"]) for f in r["files"])
 
     def _ts_pred(self, field, crit):
         # Stash compares timestamps as text; BETWEEN without value2 runs up to a day from now
@@ -885,6 +925,118 @@ class World:
             if t["name"].lower() == low:
                 return t
         return None
+
+    # ------------------------------------------------------------ silent changes: files and merges
+    # What Stash changes without moving the owning entity's updated_at (stash-behaviour.md,
+    # "File-level changes" and "No hooks at all for sceneMerge, performerMerge").
+
+    def _file_times(self, f):
+        """created_at / updated_at / mod_time of a file row: as given, else now."""
+        now = self.now_text()
+        return {k: f.get(k) or now for k in ("created_at", "updated_at", "mod_time")}
+
+    def find_file(self, file_id):
+        """(type, owner row, index in its files) of the file with this id."""
+        fid = _int_id(file_id)
+        for etype in ("scene", "image", "gallery"):
+            for row in self._tables[etype].values():
+                for index, f in enumerate(row["files"]):
+                    if f["id"] == fid:
+                        return etype, row, index
+        raise FakeStashError(f"file with id {fid} not found")
+
+    def _change_file(self, file_id, **changes):
+        """Replace fields of one file row (the owner's own fields stay as they are)."""
+        etype, row, index = self.find_file(file_id)
+        files = list(row["files"])
+        files[index] = {**files[index], **changes}
+        row["files"] = files
+        self._bump(etype)
+
+    def move_file(self, file_id, new_path):
+        """A scan finds a file moved or renamed: only the file row changes, taking the scan's
+        time as its updated_at; the scene's or image's updated_at stays (pkg/scene/scan.go)."""
+        with self.lock:
+            self._change_file(file_id, path=new_path, basename=_basename(new_path),
+                              updated_at=self.now_text())
+
+    def modify_file(self, file_id, size, oshash=None, md5=None):
+        """A scan finds a file's content changed: size, mod_time, content fingerprints and the
+        file's updated_at change; the owner's updated_at stays."""
+        with self.lock:
+            _etype, row, index = self.find_file(file_id)
+            now = self.now_text()
+            new = {k: v for k, v in (("oshash", oshash), ("md5", md5)) if v is not None}
+            prints = [fp for fp in row["files"][index]["fingerprints"] if fp["type"] not in new]
+            prints += [{"type": k, "value": v} for k, v in new.items()]
+            self._change_file(file_id, size=int(size), fingerprints=prints, mod_time=now, updated_at=now)
+
+    def set_phash(self, file_id, phash):
+        """Generating a phash stores the fingerprint only: no timestamp moves, no hook
+        (internal/manager/task_generate_phash.go). ``None`` removes it (fileSetFingerprints)."""
+        with self.lock:
+            _etype, row, index = self.find_file(file_id)
+            prints = [fp for fp in row["files"][index]["fingerprints"] if fp["type"] != "phash"]
+            if phash is not None:
+                prints.append({"type": "phash", "value": _phash_text(phash)})
+            self._change_file(file_id, fingerprints=prints)
+
+    def assign_scene_file(self, scene_id, file_id):
+        """sceneAssignFile: the file leaves its scene for another one (appended; primary only when
+        that scene had no file); neither scene's updated_at moves (SceneStore.AssignFiles)."""
+        with self.lock:
+            dest = self._tables["scene"].get(_int_id(scene_id))
+            if dest is None:
+                raise FakeStashError(f"scene with id {scene_id} not found")
+            etype, row, index = self.find_file(file_id)
+            if etype != "scene":
+                raise FakeStashError(f"file {file_id} is not a video file")
+            moved = row["files"][index]
+            row["files"] = [f for i, f in enumerate(row["files"]) if i != index]
+            dest["files"] = list(dest["files"]) + [moved]
+            self._bump("scene")
+
+    def _merge_sources(self, etype, source_ids, dest_id):
+        """Validated (source ids, destination row) of a merge."""
+        table = self._tables[etype]
+        dest_id = _int_id(dest_id)
+        sources = list(dict.fromkeys(_int_id(s) for s in source_ids))
+        if dest_id in sources:
+            raise FakeStashError(f"destination {etype} cannot be in source list")
+        for i in [dest_id, *sources]:
+            if i not in table:
+                raise FakeStashError(f"{etype} with id {i} not found")
+        return sources, table[dest_id]
+
+    def merge_scenes(self, source_ids, dest_id):
+        """sceneMerge: the sources' files move to the destination after its own, the destination's
+        updated_at moves (UpdatePartial), the sources are destroyed; no hook (pkg/scene/merge.go)."""
+        with self.lock:
+            sources, dest = self._merge_sources("scene", source_ids, dest_id)
+            files = list(dest["files"])
+            for s in sources:
+                files += self._tables["scene"][s]["files"]
+            dest["files"] = files
+            dest["updated_at"] = self.now_text()
+            for s in sources:
+                del self._tables["scene"][s]
+            self._bump("scene")
+
+    def merge_performers(self, source_ids, dest_id):
+        """performerMerge: the sources' scene, gallery, image and tag links move to the destination
+        (duplicates dropped) without touching the linked entities, the destination's updated_at
+        moves, the sources are destroyed; no hook (PerformerStore.Merge)."""
+        with self.lock:
+            sources, dest = self._merge_sources("performer", source_ids, dest_id)
+            tags = list(dest["tag_ids"])
+            for s in sources:
+                tags += [t for t in self._tables["performer"][s]["tag_ids"] if t not in tags]
+            dest["tag_ids"] = tags
+            dest["updated_at"] = self.now_text()
+            for s in sources:
+                del self._tables["performer"][s]
+            self._bump("performer")
+            self._unlink("performer", {s: dest["id"] for s in sources})
 
 
 # ====================================================================== GraphQL
@@ -1062,6 +1214,53 @@ def _set_plugins_enabled(_root, info, enabledMap):  # noqa: N803 - GraphQL argum
     return host.set_enabled(enabledMap) if host is not None else True
 
 
+def _scene_merge(_root, info, input):  # noqa: A002
+    world = info.context["world"]
+    world.merge_scenes(input["source"], input["destination"])
+    return world._tables["scene"][_int_id(input["destination"])]
+
+
+def _scene_assign_file(_root, info, input):  # noqa: A002
+    info.context["world"].assign_scene_file(input["scene_id"], input["file_id"])
+    return True
+
+
+def _performer_merge(_root, info, input):  # noqa: A002
+    world = info.context["world"]
+    world.merge_performers(input["source"], input["destination"])
+    return world._tables["performer"][_int_id(input["destination"])]
+
+
+def _move_files(_root, info, input):  # noqa: A002
+    """moveFiles: the file row takes the new folder/basename and now as its updated_at (pkg/file/move.go)."""
+    world = info.context["world"]
+    with world.lock:
+        for fid in input["ids"]:
+            _etype, row, index = world.find_file(fid)
+            old = row["files"][index]["path"]
+            folder = input.get("destination_folder") or _dirname(old)
+            base = input.get("destination_basename") or _basename(old)
+            world.move_file(fid, f"{folder.rstrip('/')}/{base}")
+    return True
+
+
+def _file_set_fingerprints(_root, info, input):  # noqa: A002
+    """fileSetFingerprints for phash (the only kind the fake models): the fingerprint alone changes;
+    a null value removes it."""
+    world = info.context["world"]
+    for fp in input["fingerprints"]:
+        if fp["type"] != "phash":
+            raise FakeStashError("the fake sets phash fingerprints only")
+        world.set_phash(input["id"], fp["value"])
+    return True
+
+
+def _file_time(field):
+    def resolve(f, _info):
+        return f.get(field) or GENERATED_FILE_TIME
+    return resolve
+
+
 def build_fake_schema():
     schema = build_schema(SDL_PATH.read_text(encoding="utf-8"))
     tm = schema.type_map
@@ -1092,6 +1291,11 @@ def build_fake_schema():
         ("Mutation", "configurePlugin"): _configure_plugin,
         ("Query", "plugins"): _plugins,
         ("Mutation", "setPluginsEnabled"): _set_plugins_enabled,
+        ("Mutation", "sceneMerge"): _scene_merge,
+        ("Mutation", "sceneAssignFile"): _scene_assign_file,
+        ("Mutation", "performerMerge"): _performer_merge,
+        ("Mutation", "moveFiles"): _move_files,
+        ("Mutation", "fileSetFingerprints"): _file_set_fingerprints,
         ("Tag", "parents"): _tag_parents,
         ("Tag", "children"): _tag_children,
         ("Tag", "parent_count"): lambda r, i: len(_tag_parents(r, i)),
@@ -1132,6 +1336,8 @@ def build_fake_schema():
         tm[tname].fields[fname].resolve = fn
     for tname in ("VideoFile", "ImageFile", "GalleryFile"):
         tm[tname].fields["fingerprint"].resolve = _fingerprint
+        for fname in ("mod_time", "created_at", "updated_at"):
+            tm[tname].fields[fname].resolve = _file_time(fname)
     tm["VisualFile"].resolve_type = lambda obj, info, t: "VideoFile" if "duration" in obj \
         else "ImageFile"
     tm["BaseFile"].resolve_type = lambda obj, info, t: (
@@ -1301,6 +1507,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not auth.allowed:
             return self._send(401)
         cookie = auth.refreshed_cookie
+        fake._run_before_request(logged_name, variables)
         if decode_error is not None:
             body = {"errors": [{"message": decode_error}], "data": None}
             return self._send(400, json.dumps(body).encode(), cookie=cookie)
@@ -1363,6 +1570,7 @@ class FakeStash:
         self._faults: list[dict] = []
         self.request_log: list[tuple] = []
         self.op_counts: Counter = Counter()
+        self._before_request: list = []
 
     # ------------------------------------------------------------ lifecycle
     @property
@@ -1489,6 +1697,23 @@ class FakeStash:
         with self._lock:
             self.request_log.clear()
             self.op_counts.clear()
+
+    # ------------------------------------------------------------ world changes between requests
+    def before_request(self, callback) -> None:
+        """Call ``callback(operation_name, variables)`` before executing each later request, so a
+        test can change the world while a client pages (remove it with ``clear_before_request``)."""
+        with self._lock:
+            self._before_request.append(callback)
+
+    def clear_before_request(self) -> None:
+        with self._lock:
+            self._before_request.clear()
+
+    def _run_before_request(self, op_name, variables) -> None:
+        with self._lock:
+            callbacks = list(self._before_request)
+        for callback in callbacks:
+            callback(op_name, variables)
 
     # ------------------------------------------------------------ faults
     def fail_next(self, n: int = 1, status: int = 503, body: str | bytes = "",
