@@ -38,9 +38,9 @@ def idle_hook_answer(document: object) -> dict | None:
     plugin_dir = plugin_dir_of(document)
     if not os.path.exists(os.path.join(plugin_dir, LIVE_MARKER)):
         return {"status": "off", "reason": OFF_REASON}
-    import run_lock
+    from tagman_base import file_lock
 
-    if run_lock.is_held(os.path.join(plugin_dir, TAG_SYNC_LOCK)):
+    if file_lock.is_held(os.path.join(plugin_dir, TAG_SYNC_LOCK)):
         return {"status": "deferred", "reason": DEFERRED_REASON}
     return None
 

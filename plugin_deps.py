@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from tm_errors import SettingsError
+from tagman_base.errors import SettingsError
 
 PLUGIN_ROOT = Path(__file__).resolve().parent
 REQUIREMENTS_FILE = PLUGIN_ROOT / "requirements.txt"

@@ -13,7 +13,7 @@ from email.utils import parsedate_to_datetime
 
 import requests
 
-from tm_errors import AuthError, GraphQLQueryError, RateLimitedError, StashDBError, StashDBUnavailable
+from tagman_base.errors import AuthError, GraphQLQueryError, RateLimitedError, StashDBError, StashDBUnavailable
 
 log = logging.getLogger(__name__)
 

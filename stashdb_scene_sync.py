@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from settings import TagBlacklist
-from stash_client import StashBox, StashClient
+from tagman_base.settings import TagBlacklist
+from tagman_base.stash_client import StashBox, StashClient
 from stashdb_api import (
     MAX_FINGERPRINT_LISTS,
     Fingerprint,
@@ -33,7 +33,7 @@ from stashdb_api import (
     StashDBTag,
     fingerprints_from_stash_files,
 )
-from tm_errors import (
+from tagman_base.errors import (
     AuthError,
     GraphQLQueryError,
     StashAuthError,

@@ -26,17 +26,18 @@ import contextlib
 import json
 import logging
 import os
-import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import plugin_log
-from settings import Settings
-from tm_errors import RunLockedError, SettingsError, TagManagerError
+import local_cache
+from tagman_base import plugin_log
+from tagman_base.run_context import RunContext
+from tagman_base.settings import Settings
+from tagman_base.errors import RunLockedError, SettingsError, TagManagerError
 
 PLUGIN_DIR = Path(__file__).resolve().parent
 TRUE_WORDS = {"true", "1", "yes", "on"}
@@ -56,18 +57,6 @@ class Invocation:
     terminal: bool = False
     api_key: str | None = None
     plugin_dir: Path = PLUGIN_DIR
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """What every mode receives: a Stash client, the settings, the task args and a progress sink."""
-
-    stash: Any
-    settings: Settings
-    args: Mapping[str, Any]
-    plugin_dir: Path
-    progress: Callable[[float], None] = field(default=lambda f: None)
-    sleep: Callable[[float], None] = time.sleep  # retry back-off (the rate limiter keeps real time)
 
 
 def parse_stdin(text: str) -> Invocation:
@@ -127,8 +116,8 @@ def is_true(value: Any) -> bool:
 
 def run_sync_scene_tags(ctx: RunContext):
     """Mode ``sync_scene_tags``: StashDB tags onto linked scenes (or a preview of it)."""
-    from settings import TagBlacklist
-    from stash_client import select_stash_box
+    from tagman_base.settings import TagBlacklist
+    from tagman_base.stash_client import select_stash_box
     from stashdb_api import StashDBClient, TokenBucket, effective_rate_per_minute
     from stashdb_scene_sync import SceneTagSync
 
@@ -155,58 +144,27 @@ def run_sync_scene_tags(ctx: RunContext):
 @contextlib.contextmanager
 def single_run(lock_path: Path, job: str):
     """Refuse to start while another process runs the same job (the OS drops the lock on SIGKILL)."""
-    import run_lock
+    from tagman_base import file_lock
 
     try:
-        with run_lock.exclusive(lock_path):
+        with file_lock.exclusive(lock_path):
             yield
-    except run_lock.LockHeld as held:
+    except file_lock.LockHeld as held:
         raise RunLockedError(
             f"{job} is already running (process {held}); this run changed nothing. "
             "Wait for it to finish, or cancel it in Stash's Tasks page, then run again."
         ) from None
 
 
-def run_cache_mode(kind: str) -> Callable[[RunContext], Any]:
-    """Build the runner of one cache sync mode (full, incremental or smart)."""
-
-    def run(ctx: RunContext):
-        import local_cache
-
-        db_path = local_cache.cache_path(ctx.settings, ctx.plugin_dir)
-        common = {"progress": ctx.progress, "entities": ctx.args.get("entities") or None,
-                  "options": local_cache.CacheOptions.from_settings(ctx.settings)}
-        if kind == "full":
-            return local_cache.cache_full_sync(ctx.stash, db_path, **common)
-        if kind == "incremental":
-            return local_cache.cache_incremental_sync(ctx.stash, db_path, since=ctx.args.get("since") or None, **common)
-        return local_cache.cache_smart_sync(ctx.stash, db_path, **common)
-
-    run.__doc__ = f"Mode ``cache_{kind}_sync``: bring the sidecar cache up to date."
-    return run
-
-
-def run_live_mode(name: str) -> Callable[[RunContext], Any]:
-    """Build the runner of a mode implemented in ``cache_live`` (imported only when it runs)."""
-
-    def run(ctx: RunContext):
-        import cache_live
-
-        return getattr(cache_live, name)(ctx)
-
-    run.__doc__ = f"Mode implemented by ``cache_live.{name}``."
-    return run
-
-
 MODES: dict[str, Callable[[RunContext], Any]] = {
     "sync_scene_tags": run_sync_scene_tags,
-    "cache_full_sync": run_cache_mode("full"),
-    "cache_incremental_sync": run_cache_mode("incremental"),
-    "cache_smart_sync": run_cache_mode("smart"),
-    "cache_hook": run_live_mode("run_cache_hook"),
-    "cache_sync_scene": run_live_mode("run_cache_sync_scene"),
-    "cache_status": run_live_mode("run_cache_status"),
-    "cache_watch": run_live_mode("run_cache_watch"),
+    "cache_full_sync": local_cache.full_sync,
+    "cache_incremental_sync": local_cache.incremental_sync,
+    "cache_smart_sync": local_cache.smart_sync,
+    "cache_hook": local_cache.hook,
+    "cache_sync_scene": local_cache.sync_scene,
+    "cache_status": local_cache.status,
+    "cache_watch": local_cache.watch,
 }
 HOOK_MODES = {"cache_hook"}  # never fail: a hook runs inside the user's own edit in Stash
 LEAN_MODES = {"cache_hook", "cache_sync_scene", "cache_status", "cache_watch"}  # no stashapi start-up
@@ -271,9 +229,7 @@ def execute(invocation: Invocation, progress: Callable[[float], None]) -> Any:
     if invocation.mode in HOOK_MODES and (answer := quick_hook_answer(invocation)) is not None:
         return answer
     if invocation.mode in HOOK_MODES:
-        import cache_live
-
-        return cache_live.run_hook_safely(lambda: connect_and_run(invocation, progress), invocation.args)
+        return local_cache.run_hook_safely(lambda: connect_and_run(invocation, progress), invocation.args)
     return connect_and_run(invocation, progress)
 
 
@@ -281,16 +237,14 @@ def connect_and_run(invocation: Invocation, progress: Callable[[float], None]) -
     """Connect (lean for the cache's live modes), read the settings, run the mode."""
     if invocation.mode not in LEAN_MODES:  # the lean modes need neither requests nor stashapi
         check_runtime_dependencies()
-    import stash_client
+    from tagman_base import stash_client
 
     plugin_log.redactor.add(invocation.api_key)
     plugin_log.redactor.add((invocation.server_connection.get("SessionCookie") or {}).get("Value"))
     stash = stash_client.connect(invocation.server_connection, api_key=invocation.api_key,
                                  lean=invocation.mode in LEAN_MODES)
     if invocation.mode in HOOK_MODES:
-        import cache_live
-
-        cache_live.prepare_hook_client(stash)
+        local_cache.prepare_hook_client(stash)
     settings = Settings.from_plugin_config(stash.plugin_settings())
     if invocation.mode.startswith("cache_"):
         remember_live_cache(invocation.plugin_dir, settings.live_cache)

@@ -105,25 +105,26 @@ def plain(url: str, db: str, workdir: Path) -> dict:
 
 def page_specs() -> list[dict]:
     """The full sync's page queries, in its order: what the plain mirror fetches."""
-    import local_cache
+    from tagman_mirror import queries
+    from tagman_mirror.entities import SPECS
 
-    return [{"table": spec.table, "query": local_cache.PAGE_QUERIES[spec.table], "find": spec.find,
-             "list_key": spec.list_key} for spec in local_cache.SPECS]
+    return [{"table": spec.table, "query": queries.PAGE[spec.table], "find": spec.find,
+             "list_key": spec.list_key} for spec in SPECS]
 
 
 def sync_function(mode: str):
     """The plugin's sync entry point for a mode."""
-    import local_cache
+    from tagman_mirror import runs
 
-    return {"full": local_cache.cache_full_sync, "incremental": local_cache.cache_incremental_sync,
-            "smart": local_cache.cache_smart_sync}[mode]
+    return {"full": runs.cache_full_sync, "incremental": runs.cache_incremental_sync,
+            "smart": runs.cache_smart_sync}[mode]
 
 
 def run_child(mode: str, url: str, db: str, extra: dict) -> dict:
     """Body of a child process: one sync (or an edit in the fake) and its figures."""
     import requests
 
-    from stash_client import StashClient
+    from tagman_base.stash_client import StashClient
 
     stash = StashClient(requests.Session(), url)
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -205,12 +206,12 @@ def written_rows(db: str) -> int:
     """Rows in every mirror table of the cache file (0 when it does not exist)."""
     import sqlite3
 
-    import cache_schema
+    from tagman_mirror import schema
 
     if not Path(db).exists():
         return 0
     with sqlite3.connect(db) as conn:
-        return sum(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in cache_schema.MIRROR_TABLES
+        return sum(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in schema.MIRROR_TABLES
                    if t not in ("sync_runs", "sync_state", "cache_meta"))
 
 

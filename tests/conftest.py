@@ -1,16 +1,33 @@
-"""Shared fixtures: a generated library served by a fake Stash and a fake StashDB on loopback."""
+"""Shared fixtures and helpers: a generated library served by a fake Stash and a fake StashDB on loopback.
+
+- ``servers`` / ``small_servers``: both fakes over a generated library (for runs through the entry point);
+- ``clock``, ``lib``, ``world``, ``fake``, ``stash``, ``db``, ``synced``: a small library in a fake Stash,
+  a client of it and a cache path (for the cache in process);
+- ``stash_input``: the one stdin document Stash writes for a task or hook; ``run_plugin`` runs it;
+- ``Clock`` (the one fake clock), ``wait_for`` (the one poll), ``read_rows``;
+- tag sync helpers (``tag_sync_context``, ``run_tag_sync``, ``expected_additions`` ...).
+"""
 
 from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import requests
 
+from tagman_base import stash_client
+from tagman_base.run_context import RunContext
+from tagman_base.settings import Settings
+from tagman_base.stash_client import StashClient
 from tests.fakes.fake_stash import FakeStash
 from tests.fakes.fake_stashdb import FakeStashDB
 from tests.fakes.library import Library, generate_library
@@ -19,6 +36,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SESSION_COOKIE = "cookie-SECRET-4f1d2c9e"
 STASHDB_API_KEY = "stashdb-SECRET-key-77ab31"
 STASHDB_RATE_PER_MINUTE = 1200
+SMALL = dict(scenes=40, images=50, tags=24, performers=14, studios=6, groups=5, galleries=10)
+
+# the README's change-log queries, run by the tests as written there
+LAST_RUN_CHANGES = """
+SELECT entity_type, entity_id, change, field, old_value, new_value FROM sync_changes
+WHERE run_id = (SELECT max(id) FROM sync_runs) ORDER BY entity_type, entity_id, field"""
+
+
+SCENE_HISTORY = """
+SELECT r.started, c.change, c.field, c.old_value, c.new_value
+FROM sync_changes c JOIN sync_runs r ON r.id = c.run_id
+WHERE c.entity_type = 'scenes' AND c.entity_id = :id ORDER BY c.run_id, c.id"""
 
 
 def free_port() -> int:
@@ -26,6 +55,42 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------------
+# time
+
+
+class Clock:
+    """The one fake clock: returns ``now`` (aware UTC) until moved; the fake world stamps writes with it."""
+
+    def __init__(self, start: datetime | str = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)) -> None:
+        self.now = datetime.fromisoformat(start) if isinstance(start, str) else start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def tick(self, seconds: float = 1.0) -> None:
+        """Advance the clock."""
+        self.now += timedelta(seconds=seconds)
+
+    def set(self, iso: str) -> None:
+        """Jump to an instant."""
+        self.now = datetime.fromisoformat(iso)
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 20.0, step: float = 0.02) -> bool:
+    """Poll until ``condition()`` holds (bounded); returns its last value as a bool."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return bool(condition())
+
+
+# ------------------------------------------------------------------------------------------
+# both fakes over a generated library, for runs through the entry point
 
 
 @dataclass
@@ -38,13 +103,38 @@ class Servers:
 
     def server_connection(self, plugin_dir: Path) -> dict:
         """The server_connection object exactly as Stash writes it to a plugin's stdin."""
-        return {
-            "Scheme": "http", "Host": "0.0.0.0", "Port": self.stash.port,
-            "SessionCookie": {"Name": "session", "Value": SESSION_COOKIE, "Path": "", "Domain": "",
-                              "Expires": "0001-01-01T00:00:00Z", "RawExpires": "", "MaxAge": 0,
-                              "Secure": False, "HttpOnly": False, "SameSite": 0, "Raw": "", "Unparsed": None},
-            "Dir": str(plugin_dir), "PluginDir": str(plugin_dir),
-        }
+        return server_connection(self, plugin_dir)
+
+
+def server_connection(target: Servers | FakeStash, plugin_dir: Path) -> dict:
+    """``server_connection`` as Stash writes it: with a session cookie for ``Servers``, none for a bare fake."""
+    cookie = None
+    if isinstance(target, Servers):
+        cookie = {"Name": "session", "Value": SESSION_COOKIE, "Path": "", "Domain": "",
+                  "Expires": "0001-01-01T00:00:00Z", "RawExpires": "", "MaxAge": 0,
+                  "Secure": False, "HttpOnly": False, "SameSite": 0, "Raw": "", "Unparsed": None}
+    port = target.stash.port if isinstance(target, Servers) else target.port
+    return {"Scheme": "http", "Host": "0.0.0.0", "Port": port, "SessionCookie": cookie,
+            "Dir": str(plugin_dir), "PluginDir": str(plugin_dir)}
+
+
+def stash_input(target: Servers | FakeStash, plugin_dir: Path, mode: str = "sync_scene_tags",
+                hook: dict | str | None = None, **args) -> dict:
+    """The whole stdin document Stash writes for a task (or, with ``hook``, a hook) of this plugin."""
+    arguments = {"mode": mode, **args}
+    if hook is not None:
+        arguments["hookContext"] = hook
+    return {"server_connection": server_connection(target, plugin_dir), "args": arguments}
+
+
+def hook_context(eid, trigger: str, payload=None, fields=None) -> dict:
+    """``args.hookContext`` as Stash's HookContext marshals it (id omitted when 0, inputFields when empty)."""
+    context = {"type": trigger, "input": payload}
+    if eid:
+        context["id"] = eid
+    if fields:
+        context["inputFields"] = fields
+    return context
 
 
 def start_servers(scenes: int = 300, seed: int = 7, rate: float | None = STASHDB_RATE_PER_MINUTE, **sizes) -> Servers:
@@ -63,6 +153,15 @@ def start_servers(scenes: int = 300, seed: int = 7, rate: float | None = STASHDB
 def servers():
     """A 300-scene library with both fakes running."""
     running = start_servers()
+    yield running
+    running.stash.stop()
+    running.stashdb.stop()
+
+
+@pytest.fixture
+def small_servers():
+    """A small library (with images and galleries) for cache runs through the entry point."""
+    running = start_servers(scenes=120, seed=9, images=150, galleries=15)
     yield running
     running.stash.stop()
     running.stashdb.stop()
@@ -93,3 +192,152 @@ def run_plugin(stdin_document: dict | str, cwd: Path = ROOT, timeout: float = 12
     done = subprocess.run([sys.executable, str(ROOT / "tag_manager.py")], input=text, capture_output=True,
                           text=True, cwd=cwd, timeout=timeout)
     return PluginRun(done.returncode, done.stdout, done.stderr)
+
+
+# ------------------------------------------------------------------------------------------
+# a small library in a fake Stash, for the cache in process
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def lib(clock):
+    return generate_library(seed=7, clock=clock, **SMALL)
+
+
+@pytest.fixture
+def world(lib):
+    return lib.world
+
+
+@pytest.fixture
+def fake(world):
+    with FakeStash(world) as server:
+        yield server
+
+
+@pytest.fixture
+def stash(fake) -> StashClient:
+    return StashClient(requests.Session(), fake.url, sleep=lambda _s: None, backoff=(0.0,))
+
+
+@pytest.fixture
+def db(tmp_path) -> Path:
+    return tmp_path / "cache" / "stash_cache.sqlite3"
+
+
+def live_on(world, db: Path, on: bool = True) -> None:
+    """Set liveCache as a user would, and refresh the marker as the next cache run would.
+
+    The hook processes of these tests run with the plugin folder ``tmp_path`` (the db's grandparent).
+    """
+    world.plugin_settings["tagManager"] = {"cacheDbPath": str(db), **({"liveCache": True} if on else {})}
+    from tag_manager import remember_live_cache
+
+    remember_live_cache(db.parent.parent, on)
+
+
+@pytest.fixture
+def synced(stash, db, world):
+    """A mirror after a completed full sync, with liveCache on in the fake's plugin settings."""
+    from tagman_mirror.runs import cache_full_sync
+
+    cache_full_sync(stash, db)
+    live_on(world, db)
+    return db
+
+
+def ctx_for(stash: StashClient, db: Path, args: dict, live: bool = True) -> RunContext:
+    """The run context of a cache mode on ``db``."""
+    return RunContext(stash, Settings(cache_db_path=str(db), live_cache=live), args, db.parent)
+
+
+def read_rows(db: Path, sql: str, params=()) -> list[tuple]:
+    """Rows of a query, or [] while the file or table does not exist yet (never creates the file)."""
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    except sqlite3.OperationalError:
+        return []
+    try:
+        return conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()
+
+
+def scene_title(db: Path, sid: int):
+    """A scene's title in the mirror (None when absent)."""
+    rows = read_rows(db, f"SELECT title FROM scenes WHERE id = {int(sid)} AND deleted_at IS NULL")
+    return rows[0][0] if rows else None
+
+
+def operations(fake) -> set[str]:
+    """Operation names the fake Stash received."""
+    return {op for op, _variables in fake.requests()}
+
+
+def types_of(ops: set[str]) -> set[str]:
+    """Entity types named by the cache's operation names (TagManagerCache<Type><Kind>)."""
+    from tagman_mirror.entities import SPECS
+
+    return {spec.table for op in ops for spec in SPECS if op.startswith(f"TagManagerCache{spec.operation}")}
+
+
+class Crash(BaseException):
+    """Stands in for the process dying in the middle of a request."""
+
+
+class CrashingClient(StashClient):
+    """A Stash client that dies at its Nth request."""
+
+    def __init__(self, url: str, die_at: int) -> None:
+        super().__init__(requests.Session(), url, sleep=lambda _s: None, backoff=(0.0,))
+        self.die_at = die_at
+
+    def call(self, query, variables=None):
+        if self.requests_sent + 1 >= self.die_at:
+            raise Crash(f"killed at request {self.die_at}")
+        return super().call(query, variables)
+
+
+# ------------------------------------------------------------------------------------------
+# scene tag sync
+
+
+def scene_tags(servers: Servers) -> dict[int, set[int]]:
+    """Every scene's tag ids as the fake Stash holds them now."""
+    return {sid: set(row["tag_ids"]) for sid, row in servers.library.world.table("scene").items()}
+
+
+def mutations_sent(servers: Servers) -> int:
+    """bulkSceneUpdate fields Stash received: single ones plus the aliased fields of batches."""
+    batches = servers.stash.requests("TagSyncAddTagsBatch")
+    return servers.stash.count("TagSyncAddTags") + sum(len(variables) for _, variables in batches)
+
+
+def expected_additions(servers: Servers, blacklisted=lambda name: False) -> dict[int, set[int]]:
+    """Oracle from the generator's own bookkeeping: tags each linked scene must gain."""
+    return servers.library.expected_tag_additions(scene_tags(servers), blacklisted)
+
+
+def no_sleep(seconds: float) -> None:
+    """Retries back off instantly in tests (the limiter still spaces requests by real time)."""
+
+
+def tag_sync_context(servers: Servers, tmp_path: Path, progress=lambda f: None, args=None, sleep=no_sleep,
+                     **settings) -> RunContext:
+    """A run context wired exactly as the entry script wires it, with the given settings."""
+    stash = stash_client.connect(servers.server_connection(tmp_path), lean=True)
+    return RunContext(stash, Settings(**settings), args or {"mode": "sync_scene_tags"}, tmp_path, progress, sleep)
+
+
+def run_tag_sync(servers: Servers, tmp_path: Path, dry_run: bool = False, **settings):
+    """Run one scene tag sync in-process."""
+    from tag_manager import run_sync_scene_tags
+
+    args = {"mode": "sync_scene_tags", "dry_run": "true"} if dry_run else None
+    return run_sync_scene_tags(tag_sync_context(servers, tmp_path, args=args, **settings))

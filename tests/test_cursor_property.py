@@ -7,7 +7,12 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import given
 from hypothesis import strategies as st
 
-from local_cache import epoch_of, window_lower_bound
+import pytest
+
+from tagman_base.errors import SettingsError
+from tagman_base.timestamps import epoch_of
+from tagman_mirror.cursor import window_lower_bound
+from tagman_mirror.runs import cache_incremental_sync
 from tests.fakes.fake_stash import render_timestamp
 
 EPOCHS = st.integers(min_value=946684800, max_value=4102444800)  # 2000..2100
@@ -30,3 +35,21 @@ def test_window_is_at_most_26_hours_wide(cursor_epoch, cursor_offset, offset):
     """The margin costs at most the offsets' span: rows from >26 h before the cursor stay out."""
     old = render_timestamp(datetime.fromtimestamp(cursor_epoch - 26 * 3600 - 2, timezone.utc), offset)
     assert old < window_lower_bound(cursor_epoch)
+
+
+def test_window_lower_bound_is_below_any_rendering_at_or_after_the_instant():
+    epoch = int(datetime(2025, 11, 2, 6, 30, tzinfo=timezone.utc).timestamp())
+    lower = window_lower_bound(epoch)
+    for hours in range(-12, 15):
+        for later in (0, 1, 3600):
+            tz = timezone(timedelta(hours=hours))
+            text = datetime.fromtimestamp(epoch + later, tz).strftime("%Y-%m-%dT%H:%M:%S") + (
+                "Z" if hours == 0 else f"{'+' if hours > 0 else '-'}{abs(hours):02d}:00")
+            assert text > lower, (text, lower)
+
+
+def test_since_must_be_rfc3339(stash, db):
+    with pytest.raises(SettingsError, match="RFC3339"):
+        cache_incremental_sync(stash, db, since="yesterday")
+    with pytest.raises(SettingsError):
+        cache_incremental_sync(stash, db, since="2024-05-01T12:00:00")

@@ -2,38 +2,36 @@
 
 from __future__ import annotations
 
-from tests.conftest import run_plugin
-from tests.test_entry_cache import cache_input, small_servers  # noqa: F401 - fixture
-from tests.test_local_cache import assert_mirror_equals
-from tests.test_scene_tag_sync import context, expected_additions, scene_tags
+from tests.conftest import expected_additions, run_plugin, scene_tags, stash_input, tag_sync_context
+from tests.mirror_oracle import assert_mirror_equals
 
 
 def test_smart_sync_after_a_rechecked_scene_was_deleted(small_servers, tmp_path):
     world = small_servers.library.world
-    assert run_plugin(cache_input(small_servers, tmp_path, "cache_full_sync")).returncode == 0
+    assert run_plugin(stash_input(small_servers, tmp_path, "cache_full_sync")).returncode == 0
     newest = max(world.table("scene"))
     world.update_entity("scene", newest, title="edited, then deleted")
-    assert run_plugin(cache_input(small_servers, tmp_path, "cache_smart_sync")).returncode == 0
+    assert run_plugin(stash_input(small_servers, tmp_path, "cache_smart_sync")).returncode == 0
     world.delete_entity("scene", newest)
     for _ in range(2):
-        run = run_plugin(cache_input(small_servers, tmp_path, "cache_smart_sync"))
+        run = run_plugin(stash_input(small_servers, tmp_path, "cache_smart_sync"))
         assert run.returncode == 0, run.stdout
     assert_mirror_equals(tmp_path / "data" / "stash_cache.sqlite3", world)
 
 
 def test_destroy_and_merge_hooks_apply(small_servers, tmp_path):
     world = small_servers.library.world
-    assert run_plugin(cache_input(small_servers, tmp_path, "cache_full_sync")).returncode == 0
+    assert run_plugin(stash_input(small_servers, tmp_path, "cache_full_sync")).returncode == 0
     world.plugin_settings["tagManager"] = {"liveCache": True}
-    assert run_plugin(cache_input(small_servers, tmp_path, "cache_status")).returncode == 0  # sees the setting
+    assert run_plugin(stash_input(small_servers, tmp_path, "cache_status")).returncode == 0  # sees the setting
     gone = min(world.table("scene"))
     world.delete_entity("scene", gone)
-    destroy = run_plugin(cache_input(small_servers, tmp_path, "cache_hook", hookContext={
+    destroy = run_plugin(stash_input(small_servers, tmp_path, "cache_hook", hookContext={
         "id": gone, "type": "Scene.Destroy.Post", "input": {"id": str(gone)}, "inputFields": ["id"]}))
     assert destroy.returncode == 0 and destroy.document["output"]["status"] == "applied", destroy.stdout
     tags = sorted(world.table("tag"))
     world.merge_tags([tags[-1]], tags[0])
-    merge = run_plugin(cache_input(small_servers, tmp_path, "cache_hook", hookContext={
+    merge = run_plugin(stash_input(small_servers, tmp_path, "cache_hook", hookContext={
         "id": tags[0], "type": "Tag.Merge.Post", "input": {"source": [str(tags[-1])], "destination": str(tags[0])},
         "inputFields": ["source", "destination"]}))
     assert merge.returncode == 0 and merge.document["output"]["status"] == "applied", merge.stdout
@@ -44,7 +42,7 @@ def test_tag_sync_batch_survives_a_scene_deleted_after_the_snapshot(servers, tmp
     from tag_manager import run_sync_scene_tags
 
     expected, before = expected_additions(servers), scene_tags(servers)
-    ctx = context(servers, tmp_path)
+    ctx = tag_sync_context(servers, tmp_path)
     real_call = ctx.stash.call
     deleted = []
 

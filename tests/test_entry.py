@@ -11,13 +11,11 @@ import time
 
 import pytest
 
+from tests.conftest import (
+    ROOT, SESSION_COOKIE, STASHDB_API_KEY, PluginRun, expected_additions, free_port, mutations_sent, run_plugin,
+    scene_tags, stash_input, wait_for,
+)
 from tests.kill_harness import kill_then_rerun, start_plugin
-from tests.conftest import ROOT, SESSION_COOKIE, STASHDB_API_KEY, PluginRun, free_port, run_plugin
-from tests.test_scene_tag_sync import expected_additions, mutations_sent, scene_tags
-
-
-def stash_input(servers, tmp_path, **args) -> dict:
-    return {"server_connection": servers.server_connection(tmp_path), "args": {"mode": "sync_scene_tags", **args}}
 
 
 def assert_protocol(run: PluginRun) -> None:
@@ -115,11 +113,9 @@ def test_stash_going_away_and_back_mid_run(servers, tmp_path):
     before = scene_tags(servers)
 
     def bounce():
-        deadline = time.monotonic() + 30
-        while servers.stash.count("TagSyncScenes") < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: servers.stash.count("TagSyncScenes") >= 2, timeout=30, step=0.01)
         servers.stash.stop()
-        time.sleep(2.5)
+        time.sleep(2.5)  # the outage itself: Stash stays away this long, whatever the plugin does
         servers.stash.start()
 
     bouncer = threading.Thread(target=bounce)
@@ -132,18 +128,10 @@ def test_stash_going_away_and_back_mid_run(servers, tmp_path):
     assert any("retrying" in line for line in run.log_lines("w"))
 
 
-def wait_for(condition, timeout_s: float = 20.0) -> None:
-    """Poll until ``condition()`` holds (bounded)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert condition()
-
-
 def test_second_concurrent_sync_is_refused(servers, tmp_path):
     servers.stash.delay_next(1, seconds=4, operation="TagSyncLinkedSceneIds")
     first = start_plugin(stash_input(servers, tmp_path), capture=True)
-    wait_for(lambda: servers.stash.count("TagSyncLinkedSceneIds") >= 1)
+    assert wait_for(lambda: servers.stash.count("TagSyncLinkedSceneIds") >= 1)
     second = run_plugin(stash_input(servers, tmp_path))
     assert second.returncode == 1 and "already running" in second.document["error"]
     assert first.wait(timeout=60) == 0
@@ -184,7 +172,7 @@ def test_missing_dependency_names_the_pip_command(monkeypatch):
     import importlib.util
 
     import tag_manager
-    from tm_errors import SettingsError
+    from tagman_base.errors import SettingsError
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "stashapi" else real_find_spec(name))

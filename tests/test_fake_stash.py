@@ -28,27 +28,12 @@ from graphql import (
 )
 
 from tests.fakes.fake_stash import SDL_PATH, FakeStash, FakeStashError, World, render_timestamp
+from tests.conftest import Clock
 from tests.fakes.library import generate_library
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = REPO_ROOT.parent / "shared" / "reference" / "stash-graphql"
 ENDPOINT = "https://stashdb.org/graphql"
-
-
-class Clock:
-    """Injectable clock: returns ``now`` (aware UTC) until moved."""
-
-    def __init__(self, iso="2026-03-08T06:59:59+00:00"):
-        self.now = datetime.fromisoformat(iso)
-
-    def __call__(self):
-        return self.now
-
-    def set(self, iso):
-        self.now = datetime.fromisoformat(iso)
-
-    def advance(self, seconds):
-        self.now += timedelta(seconds=seconds)
 
 
 def gql(fake, query, variables=None, session=None, **kw):
@@ -63,7 +48,7 @@ def gql(fake, query, variables=None, session=None, **kw):
 
 @pytest.fixture
 def clock():
-    return Clock()
+    return Clock("2026-03-08T06:59:59+00:00")
 
 
 @pytest.fixture
@@ -230,7 +215,7 @@ def test_paging_defaults_cap_and_all(world, fake):
 
 def test_sorting_ties_broken_by_id_ascending(world, fake, clock):
     a, b, c = _add_tags(world, ["b", "a", "B"])
-    clock.advance(5)
+    clock.tick(5)
     world.update_entity("tag", a)  # a: later updated_at; b, c share one second
     q = "query($f: FindFilterType){ findTags(filter: $f) { tags { id } } }"
 
@@ -273,7 +258,7 @@ def test_timestamp_filters_compare_text(world, fake, clock):
     cursor = world.get("scene", s1)["updated_at"]
     assert cursor == "2026-03-08T10:00:00Z"
     s2 = world.add_entity("scene", title="same second")  # same second as cursor
-    clock.advance(1)
+    clock.tick(1)
     s3 = world.add_entity("scene", title="next second")
     assert ids("GREATER_THAN", cursor) == [s3]  # the same-second write is missed
     assert ids("EQUALS", cursor) == [s1, s2]
@@ -399,7 +384,7 @@ def test_bulk_scene_update_modes_and_updated_at(world, fake, clock):
     s1 = world.add_entity("scene", tag_ids=[t1])
     s2 = world.add_entity("scene", tag_ids=[t1, t2])
     before = world.get("scene", s1)["updated_at"]
-    clock.advance(10)
+    clock.tick(10)
     now = render_timestamp(clock(), timedelta(0))
 
     def run(mode, tag_ids, ids=(s1, s2)):
@@ -410,15 +395,15 @@ def test_bulk_scene_update_modes_and_updated_at(world, fake, clock):
     assert [r["tags"] for r in res] == [[{"id": str(t1)}, {"id": str(t2)}]] * 2
     assert world.get("scene", s1)["updated_at"] == now   # changed
     assert world.get("scene", s2)["updated_at"] == before  # already had t2
-    clock.advance(10)
+    clock.tick(10)
     run("REMOVE", [t1, t3])
     assert world.get("scene", s1)["tag_ids"] == [t2]
     assert world.get("scene", s2)["tag_ids"] == [t2]
-    clock.advance(10)
+    clock.tick(10)
     run("SET", [t3, t1])
     assert world.get("scene", s1)["tag_ids"] == [t3, t1]
     stamp = world.get("scene", s1)["updated_at"]
-    clock.advance(10)
+    clock.tick(10)
     run("SET", [t3, t1])
     assert world.get("scene", s1)["updated_at"] == stamp  # nothing changed
     world.touch_unchanged_on_update = True  # what real Stash does
@@ -457,7 +442,7 @@ def test_merge_and_delete_do_not_touch_linked_entities(world, clock):
     s2 = world.add_entity("scene", tag_ids=[t1, t2])
     p = world.add_entity("performer", name="P", tag_ids=[t2])
     before = {k: [dict(r) for r in v] for k, v in world.tables().items()}
-    clock.advance(60)
+    clock.tick(60)
     world.merge_tags([t2], t1)
     assert world.get("tag", t2) is None
     assert world.get("scene", s1)["tag_ids"] == [t1, t3]
@@ -471,7 +456,7 @@ def test_merge_and_delete_do_not_touch_linked_entities(world, clock):
     old = {r["id"]: r["updated_at"] for r in before["scene"]}
     assert all(world.get("scene", i)["updated_at"] == old[i] for i in (s1, s2))
     assert world.get("tag", t3)["updated_at"] == before["tag"][2]["updated_at"]
-    clock.advance(60)
+    clock.tick(60)
     world.delete_entity("tag", t3)
     assert world.get("scene", s1)["tag_ids"] == [t1]
     assert world.get("scene", s1)["updated_at"] == old[s1]

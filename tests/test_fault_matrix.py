@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from tests.test_scene_tag_sync import expected_additions, scene_tags, sync
-from tm_errors import AuthError
+from tagman_base.errors import AuthError
+from tests.conftest import expected_additions, run_tag_sync, scene_tags, tag_sync_context
 
 GRAPHQL_ERROR = json.dumps({"errors": [{"message": "too many scenes"}], "data": None})
 
@@ -28,7 +28,7 @@ def changes(servers, before):
 def test_stashdb_transient_fault_is_retried_and_the_run_is_complete(servers, tmp_path, status, body, headers):
     expected, before = expected_additions(servers), scene_tags(servers)
     servers.stashdb.fail_next(2, status=status, body=body, headers=headers)
-    result = sync(servers, tmp_path)
+    result = run_tag_sync(servers, tmp_path)
     assert changes(servers, before) == expected
     assert result.errors == 0
     assert result.stashdb_requests == servers.stashdb.requests
@@ -37,7 +37,7 @@ def test_stashdb_transient_fault_is_retried_and_the_run_is_complete(servers, tmp
 def test_stashdb_graphql_error_skips_that_batch_only(servers, tmp_path):
     expected, before = expected_additions(servers), scene_tags(servers)
     servers.stashdb.fail_next(1, status=200, body=GRAPHQL_ERROR)
-    result = sync(servers, tmp_path)
+    result = run_tag_sync(servers, tmp_path)
     first_batch = {int(i) for i in servers.stash.requests("TagSyncScenes")[0][1]["ids"]}
     assert result.errors == 1
     assert changes(servers, before) == {sid: tags for sid, tags in expected.items() if sid not in first_batch}
@@ -46,7 +46,7 @@ def test_stashdb_graphql_error_skips_that_batch_only(servers, tmp_path):
 def test_stashdb_401_stops_the_run(servers, tmp_path):
     servers.stashdb.fail_next(1, status=401)
     with pytest.raises(AuthError, match="Check the API key"):
-        sync(servers, tmp_path)
+        run_tag_sync(servers, tmp_path)
 
 
 def test_rejected_batch_mutation_is_retried_field_by_field(servers, tmp_path):
@@ -54,14 +54,14 @@ def test_rejected_batch_mutation_is_retried_field_by_field(servers, tmp_path):
     expected, before = expected_additions(servers), scene_tags(servers)
     error = json.dumps({"errors": [{"message": "database is busy elsewhere"}], "data": None})
     servers.stash.fail_next(1, status=200, body=error, operation="TagSyncAddTagsBatch")
-    result = sync(servers, tmp_path)
+    result = run_tag_sync(servers, tmp_path)
     assert changes(servers, before) == expected
     assert result.errors == 0 and servers.stash.count("TagSyncAddTags") > 0
 
 
 def test_deleted_scene_and_tag_on_stashdb_are_left_alone(servers, tmp_path):
     before = scene_tags(servers)
-    result = sync(servers, tmp_path)
+    result = run_tag_sync(servers, tmp_path)
     deleted_scenes = servers.library.scenes_of_kind("deleted")
     assert deleted_scenes and all(scene_tags(servers)[sid] == before[sid] for sid in deleted_scenes)
     assert result.deleted_on_stashdb == len(deleted_scenes)
@@ -71,12 +71,11 @@ def test_deleted_scene_and_tag_on_stashdb_are_left_alone(servers, tmp_path):
 
 def test_scene_deleted_by_the_user_mid_run_costs_only_that_scene(servers, tmp_path):
     """Its group's bulk update fails in Stash; the other groups and scenes still get their tags."""
-    from tests.test_scene_tag_sync import context
     from tag_manager import run_sync_scene_tags
 
     expected, before = expected_additions(servers), scene_tags(servers)
     doomed = sorted(expected)[len(expected) // 2]
-    ctx = context(servers, tmp_path)
+    ctx = tag_sync_context(servers, tmp_path)
     real_call = ctx.stash.call
 
     def delete_before_writing(query, variables=None):
@@ -94,7 +93,7 @@ def test_scene_deleted_by_the_user_mid_run_costs_only_that_scene(servers, tmp_pa
 def test_many_stashdb_graphql_errors_in_a_row_do_not_stop_the_run(servers, tmp_path):
     """StashDB answering (e.g. rejecting malformed linked ids) is not StashDB being down."""
     servers.stashdb.fail_next(6, status=200, body=GRAPHQL_ERROR)  # 6 of the 7 fingerprint batches
-    result = sync(servers, tmp_path)
+    result = run_tag_sync(servers, tmp_path)
     assert result.errors == 6 and result.tags_added > 0
 
 
@@ -102,8 +101,7 @@ def test_writes_decided_before_stashdb_gives_out_still_land(servers, tmp_path):
     """StashDB answers three fingerprint batches, then drops every connection: the run stops, and
     the tags decided from those three batches are written before it does."""
     from tag_manager import run_sync_scene_tags
-    from tests.test_scene_tag_sync import context
-    from tm_errors import StashDBUnavailable
+    from tagman_base.errors import StashDBUnavailable
 
     before = scene_tags(servers)
     answered = []
@@ -117,5 +115,5 @@ def test_writes_decided_before_stashdb_gives_out_still_land(servers, tmp_path):
 
     servers.stashdb.execute = answer_three_then_drop
     with pytest.raises(StashDBUnavailable, match="in a row"):
-        run_sync_scene_tags(context(servers, tmp_path))
+        run_sync_scene_tags(tag_sync_context(servers, tmp_path))
     assert changes(servers, before), "the tags decided from the first batches were written"

@@ -6,13 +6,9 @@ import random
 
 import pytest
 
-from tests.conftest import run_plugin, start_servers
+from tests.conftest import run_plugin, start_servers, stash_input
 from tests.kill_harness import kill_after_delay, kill_then_rerun, start_plugin
-from tests.test_local_cache import assert_mirror_equals
-
-
-def cache_document(servers, tmp_path, mode, **args) -> dict:
-    return {"server_connection": servers.server_connection(tmp_path), "args": {"mode": mode, **args}}
+from tests.mirror_oracle import assert_mirror_equals
 
 
 def edit_some(world, rng: random.Random, count: int = 25) -> None:
@@ -33,9 +29,9 @@ def run_kill_case(tmp_path, mode: str, seed: int, kill_after_requests: int | Non
     try:
         rng = random.Random(seed)
         if mode != "cache_full_sync":
-            assert run_plugin(cache_document(servers, tmp_path, "cache_full_sync")).returncode == 0
+            assert run_plugin(stash_input(servers, tmp_path, "cache_full_sync")).returncode == 0
             edit_some(servers.library.world, rng)
-        document = cache_document(servers, tmp_path, mode)
+        document = stash_input(servers, tmp_path, mode)
         if kill_after_s is not None:
             kill_after_delay(start_plugin(document), kill_after_s)
             rerun = run_plugin(document)
@@ -44,7 +40,7 @@ def run_kill_case(tmp_path, mode: str, seed: int, kill_after_requests: int | Non
             _, rerun = kill_then_rerun(document, lambda: servers.stash.count() >= start + kill_after_requests)
         assert rerun.returncode == 0, rerun.stdout + rerun.stderr[-2000:]
         if mode != "cache_full_sync":  # an incremental/smart run after a kill must still converge
-            assert run_plugin(cache_document(servers, tmp_path, "cache_smart_sync")).returncode == 0
+            assert run_plugin(stash_input(servers, tmp_path, "cache_smart_sync")).returncode == 0
         assert_mirror_equals(db, servers.library.world)
     finally:
         servers.stash.stop()
@@ -60,19 +56,19 @@ def test_killed_hook_leaves_a_consistent_cache(tmp_path):
     servers = start_servers(scenes=120, seed=33, images=60, galleries=8)
     db = tmp_path / "data" / "stash_cache.sqlite3"
     try:
-        assert run_plugin(cache_document(servers, tmp_path, "cache_full_sync")).returncode == 0
+        assert run_plugin(stash_input(servers, tmp_path, "cache_full_sync")).returncode == 0
         servers.library.world.plugin_settings["tagManager"] = {"liveCache": True}
-        assert run_plugin(cache_document(servers, tmp_path, "cache_status")).returncode == 0  # sees the setting
+        assert run_plugin(stash_input(servers, tmp_path, "cache_status")).returncode == 0  # sees the setting
         scene = min(servers.library.world.table("scene"))
         servers.library.world.update_entity("scene", scene, title="Edited, then the hook was killed")
-        hook = cache_document(servers, tmp_path, "cache_hook",
+        hook = stash_input(servers, tmp_path, "cache_hook",
                               hookContext={"id": scene, "type": "Scene.Update.Post",
                                            "input": {"id": str(scene), "title": "Edited, then the hook was killed"},
                                            "inputFields": ["id", "title"]})
         start = servers.stash.count()
         kill_then_rerun(hook, lambda: servers.stash.count() >= start + 2)
         assert run_plugin(hook).returncode == 0
-        assert run_plugin(cache_document(servers, tmp_path, "cache_smart_sync")).returncode == 0
+        assert run_plugin(stash_input(servers, tmp_path, "cache_smart_sync")).returncode == 0
         assert_mirror_equals(db, servers.library.world)
     finally:
         servers.stash.stop()
@@ -96,16 +92,16 @@ def test_stress_kill_hook(tmp_path, attempt):
     servers = start_servers(scenes=100, seed=400 + attempt, images=40, galleries=6)
     db = tmp_path / "data" / "stash_cache.sqlite3"
     try:
-        assert run_plugin(cache_document(servers, tmp_path, "cache_full_sync")).returncode == 0
+        assert run_plugin(stash_input(servers, tmp_path, "cache_full_sync")).returncode == 0
         servers.library.world.plugin_settings["tagManager"] = {"liveCache": True}
-        assert run_plugin(cache_document(servers, tmp_path, "cache_status")).returncode == 0
+        assert run_plugin(stash_input(servers, tmp_path, "cache_status")).returncode == 0
         rng = random.Random(attempt)
         scene = rng.choice(sorted(servers.library.world.table("scene")))
         servers.library.world.update_entity("scene", scene, title=f"hook {attempt}")
-        hook = cache_document(servers, tmp_path, "cache_hook",
+        hook = stash_input(servers, tmp_path, "cache_hook",
                               hookContext={"id": scene, "type": "Scene.Update.Post", "input": None, "inputFields": []})
         kill_after_delay(start_plugin(hook), rng.uniform(0.05, 0.6))
-        assert run_plugin(cache_document(servers, tmp_path, "cache_smart_sync")).returncode == 0
+        assert run_plugin(stash_input(servers, tmp_path, "cache_smart_sync")).returncode == 0
         assert_mirror_equals(db, servers.library.world)
     finally:
         servers.stash.stop()

@@ -6,10 +6,8 @@ import random
 
 import pytest
 
-from tests.conftest import start_servers
+from tests.conftest import expected_additions, scene_tags, start_servers, stash_input
 from tests.kill_harness import kill_after_delay, kill_then_rerun, start_plugin
-from tests.test_entry import stash_input
-from tests.test_scene_tag_sync import expected_additions, scene_tags
 
 
 def assert_only_allowed_changes(before, after, expected) -> None:

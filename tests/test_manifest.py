@@ -30,7 +30,7 @@ def test_only_one_yml_in_the_repository():
 
 
 def test_tasks_and_settings_the_plugin_understands():
-    from settings import SETTING_KEYS
+    from tagman_base.settings import SETTING_KEYS
     from tag_manager import MODES
 
     data = manifest()

@@ -15,7 +15,7 @@ import pytest
 import plugin_deps
 from plugin_deps import Requirement
 from tests.conftest import ROOT
-from tm_errors import SettingsError
+from tagman_base.errors import SettingsError
 
 # A stand-in with PythonDepManager's API: `ensure_import(*specs)`, where a spec is `[import:]dist[==|>=version]`.
 # It records each call; with TM_TEST_SITE set it "installs" by putting that folder on sys.path, as the real

@@ -7,9 +7,12 @@ import importlib
 import pytest
 from graphql import parse, validate
 
+from tagman_mirror.entities import SPECS
+from tagman_mirror.queries import REGISTRY, status_counts_query, status_listing_query
+from tests.fakes.fake_stash import fake_schema
 from tests.reference import real_stash_schema, real_stashbox_schema
 
-STASH_MODULES = ["stash_client", "stashdb_scene_sync", "local_cache"]
+STASH_MODULES = ["tagman_base.stash_client", "stashdb_scene_sync"]
 STASHBOX_MODULES = ["stashdb_api"]
 
 
@@ -17,10 +20,7 @@ def documents(module_names: list[str]) -> dict[str, str]:
     """Module-level *_QUERY / *_MUTATION string constants of the named runtime modules."""
     found = {}
     for name in module_names:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
+        module = importlib.import_module(name)
         for attr, value in vars(module).items():
             if attr.endswith(("_QUERY", "_MUTATION")) and isinstance(value, str):
                 found[f"{name}.{attr}"] = value
@@ -28,8 +28,10 @@ def documents(module_names: list[str]) -> dict[str, str]:
 
 
 def all_stash_documents() -> dict[str, str]:
-    """Every document sent to Stash, by qualified constant name."""
-    return documents(STASH_MODULES)
+    """Every document sent to Stash: the clients' constants and the cache's registry, by name."""
+    from tagman_mirror.queries import REGISTRY
+
+    return {**documents(STASH_MODULES), **{f"tagman_mirror.queries.{name}": doc for name, doc in REGISTRY.items()}}
 
 
 @pytest.mark.parametrize("name", sorted(all_stash_documents()))
@@ -62,3 +64,29 @@ def test_generated_batch_mutation_is_valid():
     variables = {f"u{i}": add_tags_input(frozenset({1, 2}), [5, 6]) for i in range(3)}
     coerced = get_variable_values(real_stash_schema(), document.definitions[0].variable_definitions, variables)
     assert not isinstance(coerced, list), coerced
+
+
+def test_every_query_is_a_named_operation_valid_against_the_real_and_fake_schema():
+    from tests.reference import real_stash_schema  # skips when ../shared/reference is absent
+
+    real = real_stash_schema()
+    for query in REGISTRY.values():
+        document = parse(query)
+        assert len(document.definitions) == 1 and document.definitions[0].name is not None
+        assert not validate(real, document), query
+        assert not validate(fake_schema(), document), query
+
+
+def test_status_queries_are_valid():
+    schemas = [fake_schema()]
+    try:
+        from tests.reference import real_stash_schema
+
+        schemas.append(real_stash_schema())
+    except pytest.skip.Exception:
+        pass
+    for query in (status_counts_query(SPECS), status_listing_query(SPECS[:1])):
+        document = parse(query)
+        assert len(document.definitions) == 1 and document.definitions[0].name is not None
+        for schema in schemas:
+            assert not validate(schema, document), query

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT, SESSION_COOKIE, STASHDB_API_KEY, run_plugin, start_servers
+from tests.conftest import stash_input
 
 STASH_API_KEY = "stash-apikey-SECRET-5e6f7a"
 SECRETS = (SESSION_COOKIE, STASHDB_API_KEY, STASH_API_KEY)
@@ -21,10 +22,6 @@ def secret_servers():
     yield running
     running.stash.stop()
     running.stashdb.stop()
-
-
-def document(servers, tmp_path, mode, **args):
-    return {"server_connection": servers.server_connection(tmp_path), "args": {"mode": mode, **args}}
 
 
 def files_text(folder) -> bytes:
@@ -46,7 +43,7 @@ SCENARIOS = {
 def test_tag_sync_never_shows_a_secret(secret_servers, tmp_path, scenario):
     SCENARIOS[scenario](secret_servers)
     args = {"dry_run": "true"} if scenario == "preview" else {}
-    run = run_plugin(document(secret_servers, tmp_path, "sync_scene_tags", **args))
+    run = run_plugin(stash_input(secret_servers, tmp_path, "sync_scene_tags", **args))
     seen = run.stdout + run.stderr
     for secret in SECRETS:
         assert secret not in seen
@@ -55,7 +52,7 @@ def test_tag_sync_never_shows_a_secret(secret_servers, tmp_path, scenario):
 
 @pytest.mark.parametrize("mode", ["cache_full_sync", "cache_incremental_sync", "cache_smart_sync"])
 def test_cache_runs_never_show_a_secret(secret_servers, tmp_path, mode):
-    run = run_plugin(document(secret_servers, tmp_path, mode))
+    run = run_plugin(stash_input(secret_servers, tmp_path, mode))
     assert run.returncode == 0, run.stderr
     for secret in SECRETS:
         assert secret not in run.stdout + run.stderr
@@ -77,7 +74,7 @@ def test_command_line_key_is_masked_even_in_errors(secret_servers, tmp_path):
 def test_reprs_hide_keys():
     import requests
 
-    from stash_client import StashBox, StashClient
+    from tagman_base.stash_client import StashBox, StashClient
     from stashdb_api import StashDBClient, TokenBucket
 
     client = StashDBClient("https://stashdb.org/graphql", STASHDB_API_KEY, TokenBucket(1.0))
@@ -89,14 +86,14 @@ def test_reprs_hide_keys():
 def test_live_cache_modes_never_show_a_secret(secret_servers, tmp_path):
     world = secret_servers.library.world
     world.plugin_settings["tagManager"] = {"liveCache": True}
-    runs = [run_plugin(document(secret_servers, tmp_path, "cache_full_sync")),
-            run_plugin(document(secret_servers, tmp_path, "cache_status"))]
+    runs = [run_plugin(stash_input(secret_servers, tmp_path, "cache_full_sync")),
+            run_plugin(stash_input(secret_servers, tmp_path, "cache_status"))]
     scene = min(world.table("scene"))
-    runs.append(run_plugin(document(secret_servers, tmp_path, "cache_hook", hookContext={
+    runs.append(run_plugin(stash_input(secret_servers, tmp_path, "cache_hook", hookContext={
         "id": scene, "type": "Scene.Update.Post", "input": None, "inputFields": []})))
-    runs.append(run_plugin(document(secret_servers, tmp_path, "cache_sync_scene", id=str(scene))))
+    runs.append(run_plugin(stash_input(secret_servers, tmp_path, "cache_sync_scene", id=str(scene))))
     secret_servers.stash.fail_next(3, status=500)
-    runs.append(run_plugin(document(secret_servers, tmp_path, "cache_hook", hookContext={
+    runs.append(run_plugin(stash_input(secret_servers, tmp_path, "cache_hook", hookContext={
         "id": scene, "type": "Scene.Update.Post", "input": None, "inputFields": []})))
     assert runs[2].document["output"]["status"] == "applied"
     for run in runs:

@@ -4,9 +4,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from settings import Settings, TagBlacklist, split_blacklist
-from stash_client import StashBox, select_stash_box
-from tm_errors import SettingsError
+from tagman_base.settings import Settings, TagBlacklist, split_blacklist
+from tagman_mirror.results import CacheOptions
+from tagman_base.stash_client import StashBox, select_stash_box
+from tagman_base.errors import SettingsError
 
 
 def test_absent_settings_take_defaults():
@@ -98,3 +99,19 @@ def test_literal_blacklist_round_trips(entries, separator):
     for entry in entries:
         assert blacklist.matches(entry.upper()) or blacklist.matches(entry)
         assert blacklist.matches(entry)
+
+
+def test_cache_settings_defaults_and_parsing():
+    assert CacheOptions() == CacheOptions.from_settings(Settings())
+    assert CacheOptions() == CacheOptions(change_log_days=30, soft_delete=False, soft_delete_days=14)
+    settings = Settings.from_plugin_config({"cacheChangeLogDays": 7, "cacheSoftDelete": True,
+                                            "cacheSoftDeleteDays": "0", "cacheDbPath": ""})
+    assert CacheOptions.from_settings(settings) == CacheOptions(7.0, True, 0.0)
+    assert Settings.from_plugin_config({"cacheChangeLogDays": ""}).cache_change_log_days == 30
+
+
+@pytest.mark.parametrize("key", ["cacheChangeLogDays", "cacheSoftDeleteDays"])
+@pytest.mark.parametrize("raw", [-1, "abc", float("nan"), True, "inf"])
+def test_bad_day_settings_name_the_setting(key, raw):
+    with pytest.raises(SettingsError, match=key):
+        Settings.from_plugin_config({key: raw})

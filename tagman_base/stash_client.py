@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from tm_errors import SettingsError, StashAuthError, StashError, StashQueryError, StashUnavailable
+from tagman_base.errors import SettingsError, StashAuthError, StashError, StashQueryError, StashUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -111,6 +111,6 @@ def configure(terminal: bool, level: int = logging.DEBUG, stream: IO[str] | None
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     log.setLevel(level)
-    for name in ("stashdb_api", "stashdb_scene_sync", "local_cache", "stash_client", "settings"):
+    for name in ("stashdb_api", "stashdb_scene_sync", "local_cache", "tagman_base", "tagman_mirror"):
         logging.getLogger(name).setLevel(level)
     return Progress(stream, terminal=terminal)

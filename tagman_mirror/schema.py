@@ -1,27 +1,31 @@
 """Schema of the sidecar SQLite cache: tables, indexes, write-guard triggers and migrations.
 
-The schema lives only here. ``PRAGMA user_version`` holds the version of a cache file;
-``migrate()`` applies the missing steps of ``MIGRATIONS`` in order, each step together with
-its version bump in one transaction, and refuses a file written by a newer version.
+The schema lives only here. Entity, link and file tables are built from the entity specs
+(``entities.SPECS``): a column is declared once, there. ``PRAGMA user_version`` holds the version
+of a cache file; ``migrate()`` applies the missing steps of ``MIGRATIONS`` in order, each step
+together with its version bump in one transaction, and refuses a file written by a newer version.
 
 Version 3 adds soft retention (``deleted_at`` on every entity table and a ``live_<type>`` view of
 the present ones), the change log ``sync_changes`` and per-run change counts in ``sync_runs``.
+Version 4 adds the watch service's tables (``watch_heartbeat``, ``sync_run_origin``) and moves the
+marker of an interrupted full sync into ``sync_state.full_run_pending``.
 
 Every mirror table carries three guard triggers (INSERT, UPDATE, DELETE) that abort unless the
 connection has attached the in-memory database ``cache_writer`` — which only the sync's own
 connection does (``enable_writes``). Any other connection, a plain ``sqlite3`` shell included,
-gets the read-only-mirror message.
+gets the read-only-mirror message. The watch tables are written by the watch's own plain
+connection and carry no guard.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from tm_errors import CacheSchemaError
+from tagman_base.errors import CacheSchemaError
+from tagman_base.sqlite_util import atomic
+from tagman_mirror.entities import LINKS, SPECS
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 WRITER_SCHEMA = "cache_writer"
 READ_ONLY_MESSAGE = (
     "stash cache is a read-only mirror of Stash: change the data in Stash, then run "
@@ -32,67 +36,40 @@ READ_ONLY_MESSAGE = (
 _EPOCH = "updated_epoch INTEGER GENERATED ALWAYS AS (CAST(strftime('%s', updated_at) AS INTEGER)) VIRTUAL"
 _COMMON = "created_at TEXT NOT NULL, updated_at TEXT NOT NULL, content_hash TEXT NOT NULL, " + _EPOCH
 
-ENTITY_TABLES = ("studios", "tags", "performers", "groups", "galleries", "scenes", "images")
+ENTITY_TABLES = tuple(spec.table for spec in SPECS)
+FILE_TABLES = tuple(spec.files.table for spec in SPECS if spec.files)
 
-# link table -> (owner column, target column, extra columns DDL)
-LINK_TABLES: dict[str, tuple[str, str, str]] = {
-    "tag_parents": ("tag_id", "parent_id", ""),
-    "studio_tags": ("studio_id", "tag_id", ""),
-    "performer_tags": ("performer_id", "tag_id", ""),
-    "group_tags": ("group_id", "tag_id", ""),
-    "gallery_tags": ("gallery_id", "tag_id", ""),
-    "gallery_performers": ("gallery_id", "performer_id", ""),
-    "scene_tags": ("scene_id", "tag_id", ""),
-    "scene_performers": ("scene_id", "performer_id", ""),
-    "scene_groups": ("scene_id", "group_id", ", scene_index INTEGER"),
-    "scene_galleries": ("scene_id", "gallery_id", ""),
-    "image_tags": ("image_id", "tag_id", ""),
-    "image_performers": ("image_id", "performer_id", ""),
-    "image_galleries": ("image_id", "gallery_id", ", position INTEGER NOT NULL"),
-}
 
-_V1_ENTITIES = [
-    f"""CREATE TABLE studios (
-        id INTEGER PRIMARY KEY, name TEXT NOT NULL, parent_id INTEGER,
-        aliases TEXT NOT NULL DEFAULT '[]', urls TEXT NOT NULL DEFAULT '[]', details TEXT,
-        rating100 INTEGER, favorite INTEGER NOT NULL DEFAULT 0, ignore_auto_tag INTEGER NOT NULL DEFAULT 0,
-        {_COMMON})""",
-    f"""CREATE TABLE tags (
-        id INTEGER PRIMARY KEY, name TEXT NOT NULL, sort_name TEXT, description TEXT,
-        aliases TEXT NOT NULL DEFAULT '[]', favorite INTEGER NOT NULL DEFAULT 0,
-        ignore_auto_tag INTEGER NOT NULL DEFAULT 0, {_COMMON})""",
-    f"""CREATE TABLE performers (
-        id INTEGER PRIMARY KEY, name TEXT NOT NULL, disambiguation TEXT, gender TEXT, birthdate TEXT,
-        aliases TEXT NOT NULL DEFAULT '[]', urls TEXT NOT NULL DEFAULT '[]', details TEXT,
-        rating100 INTEGER, favorite INTEGER NOT NULL DEFAULT 0, ignore_auto_tag INTEGER NOT NULL DEFAULT 0,
-        {_COMMON})""",
-    f"""CREATE TABLE groups (
-        id INTEGER PRIMARY KEY, name TEXT NOT NULL, aliases TEXT, date TEXT, rating100 INTEGER,
-        studio_id INTEGER, director TEXT, synopsis TEXT, urls TEXT NOT NULL DEFAULT '[]', {_COMMON})""",
-    f"""CREATE TABLE galleries (
-        id INTEGER PRIMARY KEY, title TEXT, code TEXT, date TEXT, details TEXT, photographer TEXT,
-        rating100 INTEGER, organized INTEGER NOT NULL DEFAULT 0, studio_id INTEGER,
-        urls TEXT NOT NULL DEFAULT '[]', folder_path TEXT, {_COMMON})""",
-    f"""CREATE TABLE scenes (
-        id INTEGER PRIMARY KEY, title TEXT, code TEXT, details TEXT, director TEXT, date TEXT,
-        rating100 INTEGER, organized INTEGER NOT NULL DEFAULT 0, studio_id INTEGER,
-        urls TEXT NOT NULL DEFAULT '[]', {_COMMON})""",
-    f"""CREATE TABLE images (
-        id INTEGER PRIMARY KEY, title TEXT, code TEXT, date TEXT, details TEXT, photographer TEXT,
-        rating100 INTEGER, organized INTEGER NOT NULL DEFAULT 0, studio_id INTEGER,
-        urls TEXT NOT NULL DEFAULT '[]', {_COMMON})""",
-]
+def _entity_ddl(version: int) -> list[str]:
+    """CREATE TABLE of every entity table with the columns of schema ``version``."""
+    out = []
+    for spec in SPECS:
+        columns = ", ".join(f"{c.name} {c.sql}" for c in spec.fields if c.since <= version)
+        out.append(f"CREATE TABLE {spec.table} (\n        id INTEGER PRIMARY KEY, {columns}, {_COMMON})")
+    return out
 
-_V1_FILES = [
-    """CREATE TABLE scene_files (
-        scene_id INTEGER NOT NULL, position INTEGER NOT NULL, path TEXT NOT NULL, size INTEGER,
-        duration REAL, oshash TEXT, phash TEXT, md5 TEXT, PRIMARY KEY (scene_id, position)) WITHOUT ROWID""",
-    """CREATE TABLE image_files (
-        image_id INTEGER NOT NULL, position INTEGER NOT NULL, path TEXT NOT NULL, size INTEGER,
-        PRIMARY KEY (image_id, position)) WITHOUT ROWID""",
-    """CREATE TABLE gallery_files (
-        gallery_id INTEGER NOT NULL, position INTEGER NOT NULL, path TEXT NOT NULL,
-        PRIMARY KEY (gallery_id, position)) WITHOUT ROWID""",
+
+def _added_columns(version: int) -> list[str]:
+    """ALTER TABLE for the spec columns that schema ``version`` adds (none of version 1)."""
+    if version == 1:
+        return []
+    return [f"ALTER TABLE {spec.table} ADD COLUMN {c.name} {c.sql}"
+            for spec in SPECS for c in spec.fields if c.since == version]
+
+
+def _files_ddl() -> list[str]:
+    """CREATE TABLE of every files table (owner, position, the spec's columns)."""
+    out = []
+    for spec in SPECS:
+        if spec.files:
+            f = spec.files
+            columns = ", ".join(f"{name} {sql}" for name, sql in f.columns)
+            out.append(f"CREATE TABLE {f.table} (\n        {f.owner} INTEGER NOT NULL, position INTEGER NOT NULL, "
+                       f"{columns}, PRIMARY KEY ({f.owner}, position)) WITHOUT ROWID")
+    return out
+
+
+_V1_FILES = _files_ddl() + [
     """CREATE TABLE stash_ids (
         entity_type TEXT NOT NULL, entity_id INTEGER NOT NULL, endpoint TEXT NOT NULL, stash_id TEXT NOT NULL,
         PRIMARY KEY (entity_type, entity_id, endpoint, stash_id)) WITHOUT ROWID""",
@@ -120,13 +97,12 @@ _V1_SYNC = [
 def _link_ddl() -> list[str]:
     """CREATE statements of every link table with an index on each of its two columns."""
     out = []
-    for table, (owner, target, extra) in LINK_TABLES.items():
-        out.append(
-            f"CREATE TABLE {table} ({owner} INTEGER NOT NULL, {target} INTEGER NOT NULL{extra}, "
-            f"PRIMARY KEY ({owner}, {target})) WITHOUT ROWID"
-        )
-        out.append(f"CREATE INDEX {table}_{owner} ON {table} ({owner})")
-        out.append(f"CREATE INDEX {table}_{target} ON {table} ({target})")
+    for link in LINKS.values():
+        extra = "".join(f", {name} {sql}" for name, sql in link.extra)
+        out.append(f"CREATE TABLE {link.table} ({link.owner} INTEGER NOT NULL, {link.target} INTEGER NOT NULL{extra}, "
+                   f"PRIMARY KEY ({link.owner}, {link.target})) WITHOUT ROWID")
+        out.append(f"CREATE INDEX {link.table}_{link.owner} ON {link.table} ({link.owner})")
+        out.append(f"CREATE INDEX {link.table}_{link.target} ON {link.table} ({link.target})")
     return out
 
 
@@ -140,8 +116,7 @@ def _entity_indexes() -> list[str]:
     return out
 
 
-V1_TABLES = (*ENTITY_TABLES, "scene_files", "image_files", "gallery_files", "stash_ids",
-             *LINK_TABLES, "sync_state", "sync_runs", "cache_meta")
+V1_TABLES = (*ENTITY_TABLES, *FILE_TABLES, "stash_ids", *LINKS, "sync_state", "sync_runs", "cache_meta")
 
 _V2_DERIVED = [
     """CREATE TABLE image_inherited (
@@ -213,6 +188,26 @@ _V3_CHANGES = (
 V3_TABLES = ("sync_changes",)
 LIVE_VIEWS = tuple(f"live_{t}" for t in ENTITY_TABLES)
 
+# Older versions created the watch tables on the fly (and added next_full_sync later); the
+# heartbeat holds only the last minutes of state, so it is simply created anew.
+_V4_WATCH = [
+    "DROP TABLE IF EXISTS watch_heartbeat",
+    """CREATE TABLE watch_heartbeat (
+        pid INTEGER NOT NULL, host TEXT NOT NULL, started TEXT NOT NULL, last_heartbeat TEXT NOT NULL,
+        last_heartbeat_epoch REAL NOT NULL, last_run TEXT, last_run_id INTEGER, last_run_status TEXT,
+        state TEXT NOT NULL, interval_s REAL NOT NULL, heartbeat_s REAL NOT NULL, next_full_sync TEXT,
+        PRIMARY KEY (host, pid))""",
+    """CREATE TABLE IF NOT EXISTS sync_run_origin (
+        run_id INTEGER PRIMARY KEY, created_by TEXT NOT NULL)""",
+    "ALTER TABLE sync_state ADD COLUMN full_run_pending INTEGER NOT NULL DEFAULT 0",
+    # the marker was a comma-separated list of types, or '1' for every type
+    """UPDATE sync_state SET full_run_pending = 1 WHERE EXISTS (
+        SELECT 1 FROM cache_meta WHERE key = 'full_run_pending'
+        AND (value = '1' OR ',' || value || ',' LIKE '%,' || sync_state.entity_type || ',%'))""",
+    "DELETE FROM cache_meta WHERE key = 'full_run_pending'",
+]
+WATCH_TABLES_SINCE = 4  # schema version that has them
+
 MIRROR_TABLES = V1_TABLES + V2_TABLES + V3_TABLES
 
 
@@ -231,52 +226,26 @@ def guard_triggers(table: str) -> list[str]:
     ]
 
 
+def _guards(tables: tuple[str, ...]) -> list[str]:
+    """Guard triggers of every table in ``tables``."""
+    return [sql for t in tables for sql in guard_triggers(t)]
+
+
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (1, "mirror tables, links, files, stash ids and sync bookkeeping",
-     _V1_ENTITIES + _V1_FILES + _link_ddl() + _entity_indexes() + _V1_SYNC
-     + [sql for t in V1_TABLES for sql in guard_triggers(t)]),
+     _entity_ddl(1) + _V1_FILES + _link_ddl() + _entity_indexes() + _V1_SYNC + _guards(V1_TABLES)),
     (2, "derived data (image inheritance, scene inherited tags, image counts) and sync work queues",
-     _V2_DERIVED + [sql for t in V2_TABLES for sql in guard_triggers(t)]
+     _V2_DERIVED + _guards(V2_TABLES) + _added_columns(2)
      # caches from version 1 have no derived data yet: have the next sync compute all of it
      + ["INSERT OR REPLACE INTO cache_meta (key, value) "
         "SELECT 'derived_full', '1' WHERE EXISTS (SELECT 1 FROM sync_state)"]),
     # content hashes of older files cover Stash's raw answer, not the mirrored content: the first
     # fetch of such an entity compares its content and rewrites only the hash when nothing changed
     (3, "soft retention (deleted_at, live_* views), change log and per-run change counts",
-     _V3_CHANGES + [sql for t in V3_TABLES for sql in guard_triggers(t)]),
+     _V3_CHANGES + _guards(V3_TABLES) + _added_columns(3)),
+    (4, "watch service tables; the interrupted full sync marked per type in sync_state",
+     _V4_WATCH + _added_columns(4)),
 ]
-
-
-@contextmanager
-def atomic(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One transaction (BEGIN IMMEDIATE/COMMIT/ROLLBACK) at top level, a SAVEPOINT when nested."""
-    if conn.in_transaction:
-        name = f"sp_{id(conn)}_{_next_savepoint()}"
-        conn.execute(f"SAVEPOINT {name}")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute(f"ROLLBACK TO {name}")
-            conn.execute(f"RELEASE {name}")
-            raise
-        conn.execute(f"RELEASE {name}")
-        return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-_savepoints = iter(range(1, 1 << 62))
-
-
-def _next_savepoint() -> int:
-    """A fresh savepoint number."""
-    return next(_savepoints)
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

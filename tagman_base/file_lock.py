@@ -24,7 +24,12 @@ except ImportError:  # Windows
 
 
 class LockHeld(Exception):
-    """Another live process holds the lock."""
+    """Another live process holds the lock (``str()`` is its pid; ``since`` when it took the lock)."""
+
+    def __init__(self, pid: str, since: str = "") -> None:
+        super().__init__(pid)
+        self.pid = pid
+        self.since = since
 
 
 def try_lock(fd: int) -> bool:
@@ -74,12 +79,14 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def holder_pid(path: Path) -> str:
-    """The pid the current holder wrote into the lock file ('?' when unknown)."""
+def read_holder(fd: int) -> tuple[str, str]:
+    """(pid, since) the current holder wrote into the open lock file ('?' and '' when unknown)."""
     try:
-        return path.read_text().strip() or "?"
+        os.lseek(fd, 0, os.SEEK_SET)  # (os.pread does not exist on Windows)
+        words = os.read(fd, 200).decode(errors="replace").split()
     except OSError:
-        return "?"
+        return "?", ""
+    return (words[0] if words else "?"), (words[1] if len(words) > 1 else "")
 
 
 def is_held(path: Path) -> bool:
@@ -97,19 +104,36 @@ def is_held(path: Path) -> bool:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def exclusive(path: Path, attempts: int = 5, pause_s: float = 0.05) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` for the block; raise ``LockHeld`` if another process has it.
+def acquire(path: Path, attempts: int = 5, pause_s: float = 0.05) -> int:
+    """Take the exclusive lock on ``path`` and return its open fd; raise ``LockHeld`` if another process has it.
 
-    A few quick attempts absorb a probe (``is_held``) that holds the lock for an instant.
+    A few quick attempts absorb a probe (``is_held``) that holds the lock for an instant. The
+    holder writes ``<pid> <local time>`` into the file for the message of the next one refused.
     """
+    from tagman_base.timestamps import now_text  # only when a lock is taken: hooks merely probe
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    if not lock_within(fd, attempts, pause_s):
+        pid, since = read_holder(fd)
+        os.close(fd)
+        raise LockHeld(pid, since)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()} {now_text()}\n".encode())
+    return fd
+
+
+def release(fd: int) -> None:
+    """Drop a lock taken with ``acquire`` (the file stays; an unlocked file means nobody runs)."""
+    unlock(fd)
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def exclusive(path: Path, attempts: int = 5, pause_s: float = 0.05) -> Iterator[None]:
+    """Hold the exclusive lock on ``path`` for the block (see ``acquire``)."""
+    fd = acquire(path, attempts, pause_s)
     try:
-        if not lock_within(fd, attempts, pause_s):
-            raise LockHeld(holder_pid(path))
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
         yield
     finally:
-        os.close(fd)
+        release(fd)

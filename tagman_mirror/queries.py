@@ -1,0 +1,76 @@
+"""Every GraphQL document the cache sends to Stash, built from the entity specs.
+
+``REGISTRY`` maps a document's operation name to its text; the conformance tests validate each of
+them against the real Stash schema and the fake's. The per-type documents are also reachable by
+type (``PAGE``, ``PROBE``, ``LISTING``, ``LATEST``); the status documents are built for the types a
+status run asks about.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tagman_mirror.entities import SPECS, EntitySpec
+
+
+def page_query(spec: EntitySpec) -> str:
+    """Full content of a page of entities, or of the entities with the given ids."""
+    return (f"query TagManagerCache{spec.operation}Page($filter: FindFilterType, $ids: [ID!]) {{\n"
+            f"  {spec.find}(filter: $filter, ids: $ids) {{ count {spec.list_key} {{ {spec.selection} }} }}\n}}")
+
+
+def probe_query(spec: EntitySpec) -> str:
+    """Total count, count of the cursor window and the full content of the recheck entities."""
+    return (f"query TagManagerCache{spec.operation}Probe($window: {spec.filter_type}, $recheck: [ID!], "
+            f"$withRecheck: Boolean!) {{\n"
+            f"  total: {spec.find}(filter: {{per_page: 0}}) {{ count }}\n"
+            f"  window: {spec.find}({spec.filter_arg}: $window, filter: {{per_page: 0}}) {{ count }}\n"
+            f"  recheck: {spec.find}(ids: $recheck, filter: {{per_page: -1}}) @include(if: $withRecheck) "
+            f"{{ {spec.list_key} {{ {spec.selection} }} }}\n}}")
+
+
+def listing_query(spec: EntitySpec) -> str:
+    """Ids and updated_at of the entities in a window (or of all entities)."""
+    return (f"query TagManagerCache{spec.operation}Listing($window: {spec.filter_type}, $filter: FindFilterType) {{\n"
+            f"  {spec.find}({spec.filter_arg}: $window, filter: $filter) {{ count {spec.list_key} {{ id updated_at }} }}\n}}")
+
+
+def latest_query(spec: EntitySpec) -> str:
+    """The newest updated_at (as text) Stash holds for the type, with the total count."""
+    return (f"query TagManagerCache{spec.operation}Latest {{\n"
+            f"  {spec.find}(filter: {{per_page: 1, sort: \"updated_at\", direction: DESC}}) "
+            f"{{ count {spec.list_key} {{ id updated_at }} }}\n}}")
+
+
+def status_counts_query(specs: Sequence[EntitySpec]) -> str:
+    """Stash's total and cursor-window count of every type, in one request."""
+    params = ", ".join(f"${s.table}Window: {s.filter_type}" for s in specs)
+    body = "\n".join(
+        f"  {s.table}Total: {s.find}(filter: {{per_page: 0}}) {{ count }}\n"
+        f"  {s.table}Pending: {s.find}({s.filter_arg}: ${s.table}Window, filter: {{per_page: 0}}) {{ count }}"
+        for s in specs)
+    return f"query TagManagerCacheStatusCounts({params}) {{\n{body}\n}}"
+
+
+def status_listing_query(specs: Sequence[EntitySpec]) -> str:
+    """Ids and updated_at of every type's cursor window, in one request."""
+    params = ", ".join(f"${s.table}Window: {s.filter_type}" for s in specs)
+    body = "\n".join(f"  {s.table}: {s.find}({s.filter_arg}: ${s.table}Window, filter: {{per_page: -1}}) "
+                     f"{{ {s.list_key} {{ id updated_at }} }}" for s in specs)
+    return f"query TagManagerCacheStatusListing({params}) {{\n{body}\n}}"
+
+
+PAGE = {spec.table: page_query(spec) for spec in SPECS}
+PROBE = {spec.table: probe_query(spec) for spec in SPECS}
+LISTING = {spec.table: listing_query(spec) for spec in SPECS}
+LATEST = {spec.table: latest_query(spec) for spec in SPECS}
+
+
+def _named(documents: list[str]) -> dict[str, str]:
+    """Documents by their operation name (the word after ``query``)."""
+    return {doc.split(None, 2)[1].split("(")[0]: doc for doc in documents}
+
+
+# every document the cache can send; the status listing is shown for all types (a run lists fewer)
+REGISTRY: dict[str, str] = _named([*PAGE.values(), *PROBE.values(), *LISTING.values(), *LATEST.values(),
+                                   status_counts_query(SPECS), status_listing_query(SPECS)])
