@@ -31,15 +31,14 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("start-up and imports", ("_find_and_load", "<module> (bench_cache.py")),
     ("derived data (SQL)", ("refresh_derived",)),
     ("SQLite, writing a page", ("(libsqlite3", "pysqlite", "_sqlite3")),
-    ("diffing with the mirror", ("load_contents", "content_diff", "_existing_states", "diff_contents")),
-    ("hashing", ("digest_of", "_canonical", "blake2b", "mirrored_content (local_cache.py:714)",
-                 "mirrored_content (local_cache.py:715)")),
-    ("row mapping", ("mirrored_content", "_row (", "_sets (", "_links (", "_files (", "_ids (", "_json_list",
-                     "row_of", "links_of", "files_of", "map_item", "content_of")),
+    ("diffing with the mirror", ("load_contents", "content_diff", "_existing_states", "_plan_writes")),
+    ("hashing", ("content_digest", "blake2b", "mirrored_content (tagman_mirror/rows.py:70)",
+                 "mirrored_content (tagman_mirror/rows.py:71)")),
+    ("row mapping", ("mirrored_content", "entity_row", "owned_sets", "tagman_mirror/entities.py", "RowMapper")),
     ("JSON parsing", ("json/decoder", "decoder.py", "loads (json", "Response.json", "LeanResponse.json",
                       "_parse (")),
     ("HTTP (client side)", ("requests/", "urllib3", "http/client", "socket.py", "ssl.py", "_attempt (")),
-    ("change log and counts", ("ChangeRecorder", "recorder")),
+    ("change log and counts", ("ChangeRecorder", "ChangeCounts")),
 )
 OTHER = "other (sync bookkeeping, threads, allocator)"
 

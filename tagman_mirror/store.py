@@ -128,6 +128,11 @@ def _plan_writes(conn: sqlite3.Connection, spec: EntitySpec, contents: list[Cont
     return plan, set(existing)
 
 
+def page_contents(spec: EntitySpec, items: Iterable[dict]) -> list[Content]:
+    """The mirrored contents of fetched items, one per id (the last wins); pure, so it may run ahead in another thread."""
+    return list({c.id: c for c in (mirrored_content(spec, item) for item in items)}.values())
+
+
 def write_items(conn: sqlite3.Connection, spec: EntitySpec, items: Iterable[dict], mark_dirty_rows: bool = True,
                 recorder: ChangeRecorder | None = None) -> int:
     """Write the items whose mirrored content changed, replacing their links, files and stash ids.
@@ -137,7 +142,12 @@ def write_items(conn: sqlite3.Connection, spec: EntitySpec, items: Iterable[dict
     ``mark_dirty_rows`` queues them for the derived-data refresh; ``recorder`` counts
     created/updated/unchanged/revived and logs the changes.
     """
-    contents = list({c.id: c for c in (mirrored_content(spec, item) for item in items)}.values())
+    return write_contents(conn, spec, page_contents(spec, items), mark_dirty_rows, recorder)
+
+
+def write_contents(conn: sqlite3.Connection, spec: EntitySpec, contents: list[Content], mark_dirty_rows: bool = True,
+                   recorder: ChangeRecorder | None = None) -> int:
+    """``write_items`` for contents already mapped (``page_contents``)."""
     if not contents:
         return 0
     plan, existing = _plan_writes(conn, spec, contents)
