@@ -20,6 +20,8 @@ connection and carry no guard.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from tagman_base.errors import CacheSchemaError
 from tagman_base.sqlite_util import atomic
@@ -264,6 +266,36 @@ def enable_writes(conn: sqlite3.Connection) -> None:
     attached = {row[1] for row in conn.execute("PRAGMA database_list")}
     if WRITER_SCHEMA not in attached:
         conn.execute(f"ATTACH DATABASE ':memory:' AS {WRITER_SCHEMA}")
+
+
+# Below this many rows the two statements per trigger cost more than the guard's check saves.
+GUARD_LIFT_MIN_ROWS = 500
+
+
+@contextmanager
+def guard_lifted(conn: sqlite3.Connection, tables: Iterable[str]) -> Iterator[None]:
+    """Inside the writer's open transaction, drop the guard triggers of ``tables`` and put them back before it ends.
+
+    For bulk writes: the guard's check runs for every row written, and SQLite prepares a PRAGMA
+    statement for each one, which doubles the cost of writing a link row. No other connection
+    can tell the guard was lifted: SQLite admits one writer at a time, readers see the last
+    committed schema (with the triggers), and a rollback (an error, a killed process) brings the
+    triggers back with everything else. The triggers are restored from their own stored SQL.
+    """
+    if not conn.in_transaction:
+        raise CacheSchemaError("guard_lifted needs the writer's open transaction")
+    names = tuple(dict.fromkeys(tables))
+    marks = ",".join("?" * len(names))
+    saved = conn.execute(f"SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name IN ({marks}) "
+                         "AND name LIKE '%\\_read\\_only\\_%' ESCAPE '\\'", names).fetchall()
+    for name, _sql in saved:
+        conn.execute(f'DROP TRIGGER "{name}"')
+    try:
+        yield
+    finally:
+        if conn.in_transaction:  # else SQLite rolled the transaction back, drops included
+            for _name, sql in saved:
+                conn.execute(sql)
 
 
 def disable_writes(conn: sqlite3.Connection) -> None:
