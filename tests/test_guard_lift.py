@@ -9,11 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
 
 from tagman_base.errors import CacheSchemaError
+from tagman_base.stash_client import StashClient
 from tagman_mirror import schema, store
 from tagman_mirror.cache_file import open_cache
 from tagman_mirror.runs import cache_full_sync
+from tests.fakes.fake_stash import FakeStash
+from tests.fakes.library import generate_library
 from tests.mirror_oracle import assert_mirror_equals
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,17 +95,24 @@ def test_a_process_killed_with_the_guard_lifted_leaves_it_in_place(tmp_path):
     conn.close()
 
 
-def test_a_bulk_full_sync_keeps_the_schema_and_the_guard(stash, world, db, tmp_path, monkeypatch):
+def test_a_bulk_full_sync_keeps_the_schema_the_guard_and_the_mirror_exact(tmp_path, clock, monkeypatch):
+    lib = generate_library(seed=11, clock=clock, scenes=300, images=400, tags=40, performers=20, studios=6,
+                           groups=5, galleries=12)
     lifted = []
     real = store.guard_lifted
     monkeypatch.setattr(store, "guard_lifted", lambda conn, tables: lifted.append(tables) or real(conn, tables))
+    db = tmp_path / "cache.sqlite3"
+    with FakeStash(lib.world) as fake:
+        stash = StashClient(requests.Session(), fake.url, sleep=lambda _s: None, backoff=(0.0,))
+        cache_full_sync(stash, db)
+        lib.world.update_entity("scene", 5, title="edited after the bulk fill")
+        cache_full_sync(stash, db)
+    assert lifted  # pages this large are bulk writes
     fresh = open_cache(tmp_path / "fresh.sqlite3")
-    cache_full_sync(stash, db)
-    assert lifted  # the library is large enough for bulk pages
     conn = sqlite3.connect(db)
     assert schema.schema_signature(conn) == schema.schema_signature(fresh)
     with pytest.raises(sqlite3.DatabaseError, match="read-only mirror"):
         conn.execute("DELETE FROM scene_tags")
     conn.close()
     fresh.close()
-    assert_mirror_equals(db, world)
+    assert_mirror_equals(db, lib.world)
