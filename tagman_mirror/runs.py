@@ -19,6 +19,7 @@ from typing import Any
 
 from tagman_base import plugin_log
 from tagman_base.errors import CacheError
+from tagman_base.gc_tuning import fewer_collections
 from tagman_base.sqlite_util import atomic
 from tagman_base.stash_client import StashClient
 from tagman_base.timestamps import instant_or_none, local_text, utc_now
@@ -126,7 +127,7 @@ def run_sync(stash: StashClient, db_path: Path, mode: str, since: str | None = N
     db_path = Path(db_path)
     clock = clock or utc_now
     started = local_text(clock())
-    with sync_lock(db_path):
+    with sync_lock(db_path), fewer_collections():
         conn = open_cache(db_path)
         try:
             run_id = _start_run(conn, mode, started, scope)
