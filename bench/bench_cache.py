@@ -19,7 +19,7 @@ page, nothing else). Per scale the full sync and the plain mirror run ``--repeat
 alternating, and the medians are compared: wall time of the sync itself, and CPU seconds of the
 whole process (user + system from ``os.wait4``, interpreter start included on both sides).
 
-    .venv/bin/python bench/bench_cache.py --scales 1,3 --repeat 3   # the issue's figures (~1 h)
+    .venv/bin/python bench/bench_cache.py --scales 1,3 --repeat 3   # the default (make bench): about 2 h
     .venv/bin/python bench/bench_cache.py --scales 0.05 --repeat 1  # a quick look (~1 min)
 """
 

@@ -94,9 +94,14 @@ def mirrored_content(spec: EntitySpec, item: dict) -> Content:
     """The mirrored content of one Stash item and its digest."""
     row = entity_row(spec, item)
     sets = owned_sets(spec, item)
+    return Content(row, sets, content_digest(row, sets))
+
+
+def content_digest(row: tuple, sets: dict[str, list]) -> str:
+    """The digest of a row and its owned sets, whatever order the sets' rows came in."""
     # rows of one table differ in their leading key columns, so sorting never compares a None
     canonical = repr((row, [sorted(values) for values in sets.values()]))
-    return Content(row, sets, hashlib.blake2b(canonical.encode(), digest_size=12).hexdigest())
+    return hashlib.blake2b(canonical.encode(), digest_size=12).hexdigest()
 
 
 def _empty_sets(spec: EntitySpec) -> dict[str, list]:
