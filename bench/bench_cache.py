@@ -1,6 +1,6 @@
 """Benchmark of the sidecar cache against a fake Stash running in its own process.
 
-    .venv/bin/python bench/bench_cache.py [--scale 0.1]
+    .venv/bin/python bench/bench_cache.py [--scales 1,3] [--repeat 3]
 
 Scale 1 is 100,000 scenes, 200,000 images, 20,000 tags, 10,000 performers, 10,000 galleries,
 5,000 studios and 2,000 groups. Every sync runs in a child process so that its peak RSS
@@ -12,6 +12,15 @@ must name exactly those scenes (and nothing of any other type), and the rows SQL
 written (``total_changes()`` inside the run) must be those of the edited scenes — their row, the
 links and files it replaces, their dirty marks, change-log rows and inherited tags — plus at
 most two sync_state rows per type.
+
+The yardstick is ``bench/plain_mirror.py``: the same pages fetched and written one after the
+other by a plain script in its own process (requests + json + executemany, one transaction per
+page, nothing else). Per scale the full sync and the plain mirror run ``--repeat`` times each,
+alternating, and the medians are compared: wall time of the sync itself, and CPU seconds of the
+whole process (user + system from ``os.wait4``, interpreter start included on both sides).
+
+    .venv/bin/python bench/bench_cache.py --scales 1,3 --repeat 3   # the default (make bench): about 2 h
+    .venv/bin/python bench/bench_cache.py --scales 0.05 --repeat 1  # a quick look (~1 min)
 
 "Silent changes" then applies, one kind at a time, changes that move no entity's updated_at (or
 move only a merge destination's) through Stash's own mutations — tagsMerge, sceneMerge,
@@ -28,6 +37,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,41 +75,79 @@ class FakeServer:
         self.proc.wait(timeout=30)
 
 
+def measured(cmd: list[str]) -> dict:
+    """Run ``cmd`` (a fresh interpreter) and return its last JSON line with its CPU and peak RSS.
+
+    ``os.wait4`` reports the resources of exactly that process: user + system CPU seconds of all
+    its threads (interpreter start and imports included) and its peak RSS.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=err)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd[1:4])} failed:\n{err.read().decode(errors='replace')}")
+        report = json.loads(out.read().decode().strip().splitlines()[-1])
+    report["cpu_s"] = usage.ru_utime + usage.ru_stime
+    report["rss_mb"] = usage.ru_maxrss / 1024
+    return report
+
+
 def child(mode: str, url: str, db: str, extra: dict | None = None) -> dict:
-    """Run one measured step in a fresh interpreter; returns its JSON report."""
-    out = subprocess.run([sys.executable, __file__, "--child", mode, "--url", url, "--db", db,
-                          "--extra", json.dumps(extra or {})], cwd=REPO, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"child {mode} failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """Run one measured step of the plugin in a fresh interpreter; returns its JSON report."""
+    return measured([sys.executable, __file__, "--child", mode, "--url", url, "--db", db,
+                     "--extra", json.dumps(extra or {})])
+
+
+def plain(url: str, db: str, workdir: Path) -> dict:
+    """Run the plain mirror of the full sync's pages (``bench/plain_mirror.py``) in its own process."""
+    pages = workdir / "pages.json"
+    if not pages.exists():
+        pages.write_text(json.dumps(page_specs()))
+    Path(db).unlink(missing_ok=True)
+    return measured([sys.executable, "-m", "bench.plain_mirror", "--url", url, "--db", db, "--pages", str(pages)])
+
+
+def page_specs() -> list[dict]:
+    """The full sync's page queries, in its order: what the plain mirror fetches."""
+    from tagman_mirror import queries
+    from tagman_mirror.entities import SPECS
+
+    return [{"table": spec.table, "query": queries.PAGE[spec.table], "find": spec.find,
+             "list_key": spec.list_key} for spec in SPECS]
+
+
+def sync_function(mode: str):
+    """The plugin's sync entry point for a mode."""
+    from tagman_mirror import runs
+
+    return {"full": runs.cache_full_sync, "incremental": runs.cache_incremental_sync,
+            "smart": runs.cache_smart_sync}[mode]
 
 
 def run_child(mode: str, url: str, db: str, extra: dict) -> dict:
-    """Body of a child process: one sync (or the bare fetch) and its figures."""
+    """Body of a child process: one sync (or an edit in the fake) and its figures."""
     import requests
 
-    from tagman_mirror import runs
     from tagman_base.stash_client import StashClient
 
     stash = StashClient(requests.Session(), url)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     report: dict = {}
-    if mode == "bare":
-        report["requests"] = bare_fetch(url, extra.get("per_page", 1000))
-    elif mode == "edit":
+    if mode == "edit":
         report["ids"] = edit_scenes(stash, extra["fraction"], extra.get("details", "benchmark edit"))
         report["requests"] = len(report["ids"])
     elif mode == "silent":
         report["expect"] = SILENT_CHANGES[extra["kind"]](stash, extra.get("n", 100))
     else:
-        sync = {"full": runs.cache_full_sync, "incremental": runs.cache_incremental_sync,
-                "smart": runs.cache_smart_sync}[mode]
         if extra.get("without_checks"):  # the run as it was before the signals' checks, for comparison
             from tagman_mirror import signals
 
             signals.check = lambda _sync: None
         before = written_rows(db)
-        result = sync(stash, Path(db))
+        result = sync_function(mode)(stash, Path(db))
         report.update(requests=result.stash_requests, upserted=result.upserted, deleted=result.deleted,
                       rows_written=written_rows(db) - before if mode == "full" else None)
         report["changes"] = total_rows_changed(db, before) if mode != "full" else None
@@ -109,30 +157,9 @@ def run_child(mode: str, url: str, db: str, extra: dict) -> dict:
             report["change_log"] = check_change_log(db, result.run_id, extra["expect_scene_ids"])
             report["scene_rows"] = rows_of_scenes(db, result.run_id, extra["expect_scene_ids"])
     report["seconds"] = time.perf_counter() - started
+    report["cpu_sync_s"] = time.process_time() - cpu_started
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return report
-
-
-def bare_fetch(url: str, per_page: int) -> int:
-    """Fetch the same pages as a full sync with plain requests + json; returns the request count."""
-    import requests
-
-    from tagman_mirror import queries
-    from tagman_mirror.entities import SPECS
-
-    session = requests.Session()
-    sent = 0
-    for spec in SPECS:
-        page = 1
-        while True:
-            body = {"query": queries.PAGE[spec.table],
-                    "variables": {"filter": {"page": page, "per_page": per_page, "sort": "id", "direction": "ASC"}}}
-            data = json.loads(session.post(url + "/graphql", json=body).content)["data"][spec.find]
-            sent += 1
-            if len(data[spec.list_key]) < per_page or page * per_page >= data["count"]:
-                break
-            page += 1
-    return sent
 
 
 BULK_EDIT_MUTATION = """
@@ -309,24 +336,37 @@ def measure_silent(url: str, db: str) -> dict:
     return out
 
 
-def measure(scale: float, workdir: Path) -> dict:
-    """Full, bare, incremental and idle smart figures for one library size."""
+def median(values: list[float]) -> float:
+    """The median of the repeats."""
+    return statistics.median(values)
+
+
+def measure(scale: float, workdir: Path, repeat: int, follow_up: bool = True) -> dict:
+    """Full sync and plain mirror (``repeat`` times each, alternating), then the incremental and smart steps."""
     sizes = scaled(scale)
     print(f"scale {scale:g}: {sizes}", flush=True)
     t0 = time.perf_counter()
     server = FakeServer(sizes)
     print(f"  fake Stash ready in {time.perf_counter() - t0:.1f} s", flush=True)
     db = str(workdir / f"cache-{scale:g}.sqlite3")
+    plain_db = str(workdir / f"plain-{scale:g}.sqlite3")
     try:
-        bare = child("bare", server.url, db)
-        full = child("full", server.url, db)
-        figures = {"sizes": sizes, "bare": bare, "full": full}
-        if scale >= 0.01:
+        fulls, plains = [], []
+        for round_no in range(repeat):
+            plains.append(plain(server.url, plain_db, workdir))
+            for suffix in ("", "-wal", "-shm", ".lock"):
+                Path(db + suffix).unlink(missing_ok=True)
+            fulls.append(child("full", server.url, db))
+            print(f"  round {round_no + 1}: full {fulls[-1]['seconds']:.1f} s / {fulls[-1]['cpu_s']:.1f} s CPU, "
+                  f"plain {plains[-1]['seconds']:.1f} s / {plains[-1]['cpu_s']:.1f} s CPU", flush=True)
+        figures = {"scale": scale, "sizes": sizes, "full_runs": fulls, "plain_runs": plains, "full": fulls[-1]}
+        if follow_up and scale >= 0.01:
             child("smart", server.url, db)  # settle: nothing changed
             edit = child("edit", server.url, db, {"fraction": 0.01})
             figures["edited_scenes"] = edit["requests"]
             figures["incremental"] = child("incremental", server.url, db)
-            figures["smart_idle"] = child("smart", server.url, db)
+            figures["smart_idle_runs"] = [child("smart", server.url, db) for _ in range(max(repeat, 3))]
+            figures["smart_idle"] = figures["smart_idle_runs"][-1]
             edit = child("edit", server.url, db, {"fraction": 0.01, "details": "second benchmark edit"})
             figures["smart_edited_scenes"] = len(edit["ids"])
             figures["smart_changed"] = child("smart", server.url, db, {"expect_scene_ids": edit["ids"]})
@@ -336,17 +376,56 @@ def measure(scale: float, workdir: Path) -> dict:
         server.stop()
 
 
-def report(figures: dict, reference: dict) -> None:
-    """Print every figure beside its bound."""
-    full, bare = figures["full"], figures["bare"]
-    ratio = full["seconds"] / bare["seconds"]
-    rss_ratio = full["peak_rss_mb"] / reference["full"]["peak_rss_mb"]
+def summary(figures: dict, reference: dict) -> dict:
+    """Medians and ratios of one scale."""
+    fulls, plains = figures["full_runs"], figures["plain_runs"]
+    out = {
+        "full_s": median([r["seconds"] for r in fulls]), "plain_s": median([r["seconds"] for r in plains]),
+        "fetch_s": median([r["fetch_s"] for r in plains]),
+        "full_cpu": median([r["cpu_s"] for r in fulls]), "plain_cpu": median([r["cpu_s"] for r in plains]),
+        "full_rss": max(r["rss_mb"] for r in fulls), "reference_rss": reference["full"]["rss_mb"],
+        "requests": fulls[-1]["requests"], "plain_requests": plains[-1]["requests"],
+        "rows": fulls[-1]["rows_written"], "plain_rows": plains[-1]["rows"],
+    }
+    out["wall_ratio"] = out["full_s"] / out["plain_s"]
+    out["wall_spread"] = (max(r["seconds"] for r in fulls) - min(r["seconds"] for r in fulls)) / out["plain_s"]
+    out["cpu_ratio"] = out["full_cpu"] / out["plain_cpu"]
+    out["fetch_ratio"] = out["full_s"] / out["fetch_s"]
+    out["rss_ratio"] = out["full_rss"] / out["reference_rss"]
+    if "smart_idle_runs" in figures:
+        out["idle_cpu"] = median([r["cpu_s"] for r in figures["smart_idle_runs"]])
+        out["idle_sync_cpu"] = median([r["cpu_sync_s"] for r in figures["smart_idle_runs"]])
+    return out
+
+
+def runs_text(runs: list[dict], key: str) -> str:
+    """One figure of every run, comma separated."""
+    return ", ".join(f"{r[key]:.1f}" for r in runs)
+
+
+def verdict(ok: bool) -> str:
+    """OK or OVER."""
+    return "OK" if ok else "OVER"
+
+
+def report(figures: dict, reference: dict) -> dict:
+    """Print every figure of one scale beside its bound; returns the summary."""
+    full = figures["full"]
+    s = summary(figures, reference)
+    n = len(figures["full_runs"])
     print()
-    print(f"full sync:                 {full['seconds']:8.1f} s  ({full['requests']} requests)")
-    print(f"bare fetch, same pages:    {bare['seconds']:8.1f} s  ({bare['requests']} requests)")
-    print(f"full sync / bare fetch:    {ratio:8.2f}    bound <= 1.5  {'OK' if ratio <= 1.5 else 'OVER'}")
-    print(f"rows written per second:   {full['rows_written'] / full['seconds']:8.0f}    "
-          f"({full['rows_written']} rows)")
+    print(f"scale {figures['scale']:g} (medians of {n} run{'s' if n > 1 else ''} each):")
+    print(f"full sync:                 {s['full_s']:8.1f} s  ({s['requests']} requests, {s['rows']} rows)")
+    print(f"plain mirror, same pages:  {s['plain_s']:8.1f} s  ({s['plain_requests']} requests, {s['plain_rows']} rows; "
+          f"fetching alone {s['fetch_s']:.1f} s)")
+    print(f"full sync / plain mirror:  {s['wall_ratio']:8.2f}    bound <= 1.1  {verdict(s['wall_ratio'] <= 1.1)}"
+          f"  (runs: {runs_text(figures['full_runs'], 'seconds')} s vs {runs_text(figures['plain_runs'], 'seconds')} s)")
+    print(f"full sync / fetch alone:   {s['fetch_ratio']:8.2f}")
+    print(f"CPU full sync:             {s['full_cpu']:8.1f} s  (plugin process, user + system)")
+    print(f"CPU plain mirror:          {s['plain_cpu']:8.1f} s")
+    print(f"CPU full / plain:          {s['cpu_ratio']:8.2f}    bound <= 2.0  {verdict(s['cpu_ratio'] <= 2.0)}"
+          f"  (runs: {runs_text(figures['full_runs'], 'cpu_s')} s vs {runs_text(figures['plain_runs'], 'cpu_s')} s)")
+    print(f"rows written per second:   {full['rows_written'] / s['full_s']:8.0f}")
     if "smart_changed" in figures:
         changed, edited = figures["smart_changed"], figures["smart_edited_scenes"]
         log_check = changed["change_log"]
@@ -361,24 +440,41 @@ def report(figures: dict, reference: dict) -> None:
               f"{edited} scenes edited; scenes created/updated/unchanged/deleted {'/'.join(map(str, scenes))})")
         print(f"  rows only for those:     {'yes' if only else 'NO':>8}    change log names {log_check['logged']} "
               f"entities (missing {log_check['missing']}, extra {log_check['extra']}), fields {log_check['fields']}, "
-              f"other types changed: {sorted(others) or 'none'}  {'OK' if only else 'OVER'}")
+              f"other types changed: {sorted(others) or 'none'}  {verdict(only)}")
         print(f"  rows written:            {written:8d}    = {of_scenes} for the edited scenes + {other_rows} "
-              f"bookkeeping rows (bound <= {bookkeeping})  {'OK' if 0 <= other_rows <= bookkeeping else 'OVER'}")
+              f"bookkeeping rows (bound <= {bookkeeping})  {verdict(0 <= other_rows <= bookkeeping)}")
     if "incremental" in figures:
         inc, idle = figures["incremental"], figures["smart_idle"]
         print(f"incremental, 1% scenes:    {inc['seconds']:8.1f} s  ({inc['requests']} requests, "
               f"{inc['upserted']} entities written, {figures['edited_scenes']} scenes edited)")
         print(f"idle smart sync requests:  {idle['requests']:8d}    bound <= 15 (2 per type + 1 for the signals' checks)  "
-              f"{'OK' if idle['requests'] <= 15 else 'OVER'}")
+              f"{verdict(idle['requests'] <= 15)}")
         idle_rows = idle["rows_written_in_run"]
         idle_ok = idle_rows <= 3 and idle["upserted"] + idle["deleted"] == 0 and idle["changes"] == 0
         print(f"idle smart rows written:   {idle_rows:8d}    bound <= 3 (mirror_signals' re-verification positions; "
-              f"no mirror row)  {'OK' if idle_ok else 'OVER'}  ({idle['seconds']:.1f} s)")
+              f"no mirror row)  {verdict(idle_ok)}  ({idle['seconds']:.2f} s)")
+        print(f"idle smart sync CPU:       {s['idle_cpu']:8.2f} s  (process; the sync itself {s['idle_sync_cpu']:.2f} s)")
     if "silent" in figures:
         report_silent(figures["silent"])
-    print(f"peak RSS full sync:        {full['peak_rss_mb']:8.1f} MB at this scale, "
-          f"{reference['full']['peak_rss_mb']:.1f} MB at a tenth")
-    print(f"peak RSS ratio:            {rss_ratio:8.2f}    bound <= 1.5  {'OK' if rss_ratio <= 1.5 else 'OVER'}")
+    print(f"peak RSS full sync:        {s['full_rss']:8.1f} MB at this scale, "
+          f"{s['reference_rss']:.1f} MB at a tenth")
+    print(f"peak RSS ratio:            {s['rss_ratio']:8.2f}    bound <= 1.5  {verdict(s['rss_ratio'] <= 1.5)}")
+    return s
+
+
+def report_flatness(summaries: list[tuple[float, dict]]) -> None:
+    """Compare the largest scale with the smallest: ratios no worse, idle smart CPU the same."""
+    (small_scale, small), (large_scale, large) = summaries[0], summaries[-1]
+    print()
+    print(f"flat in size, scale {large_scale:g} against scale {small_scale:g}:")
+    # "no worse" within the spread of the repeated full syncs at the larger scale
+    margin = large["wall_spread"]
+    print(f"wall ratio:                {small['wall_ratio']:8.2f} -> {large['wall_ratio']:.2f}  "
+          f"(spread of the runs {margin:.2f})  {verdict(large['wall_ratio'] <= small['wall_ratio'] + margin)}")
+    print(f"CPU ratio:                 {small['cpu_ratio']:8.2f} -> {large['cpu_ratio']:.2f}  "
+          f"{verdict(large['cpu_ratio'] <= small['cpu_ratio'] + 0.05)}")
+    if "idle_cpu" in small and "idle_cpu" in large:
+        same = abs(large["idle_cpu"] - small["idle_cpu"]) <= 0.1 * small["idle_cpu"]
 
 
 def report_silent(silent: dict) -> None:
@@ -408,7 +504,9 @@ def silent_only(scale: float, workdir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--scales", default="1,3", help="comma separated library scales (1 = 100,000 scenes)")
+    parser.add_argument("--scale", type=float, help="one scale (same as --scales X)")
+    parser.add_argument("--repeat", type=int, default=3, help="full syncs and plain mirrors per scale (medians)")
     parser.add_argument("--child")
     parser.add_argument("--url")
     parser.add_argument("--db")
@@ -418,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(run_child(args.child, args.url, args.db, json.loads(args.extra))))
         return 0
+    scales = [args.scale] if args.scale else sorted(float(x) for x in args.scales.split(","))
     workdir = Path(tempfile.mkdtemp(prefix="bench-cache-"))
     if args.silent_only:
         try:
@@ -426,9 +525,13 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
         return 0
     try:
-        reference = measure(args.scale / 10, workdir)
-        figures = measure(args.scale, workdir)
-        report(figures, reference)
+        summaries = []
+        for scale in scales:
+            reference = measure(scale / 10, workdir, repeat=1, follow_up=False)
+            figures = measure(scale, workdir, repeat=max(1, args.repeat))
+            summaries.append((scale, report(figures, reference)))
+        if len(summaries) > 1:
+            report_flatness(summaries)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

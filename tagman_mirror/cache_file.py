@@ -61,6 +61,17 @@ def _configure(conn: sqlite3.Connection, db_path: Path, writer: bool) -> None:
         schema.migrate(conn)  # raises the newer-version error
 
 
+# SQLite's default page cache is 2 MB. A sync inserts into indexes all over a file of hundreds of
+# MB (link targets, file paths, the change log); with 32 MB the pages it keeps returning to stay in
+# memory, which saves about a fifth of the CPU of writing a large library. Filled only as used.
+SYNC_PAGE_CACHE_KIB = 32 * 1024
+
+
+def use_sync_page_cache(conn: sqlite3.Connection) -> None:
+    """Give the sync's connection the larger page cache (hooks and readers keep SQLite's default)."""
+    conn.execute(f"PRAGMA cache_size = -{SYNC_PAGE_CACHE_KIB}")
+
+
 def open_cache(db_path: Path, writer: bool = True) -> sqlite3.Connection:
     """Open (creating and migrating when ``writer``) the cache; the writer's guard is switched on."""
     db_path = Path(db_path)

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 from tagman_base.sqlite_util import atomic
+from tagman_mirror.schema import GUARD_LIFT_MIN_ROWS, guard_lifted
+
+DERIVED_TABLES = ("image_inherited", "image_inherited_performers", "image_inherited_tags", "scene_inherited_tags",
+                  "image_counts")
 
 
 def meta_value(conn: sqlite3.Connection, key: str) -> str | None:
@@ -50,11 +55,13 @@ def refresh_derived(conn: sqlite3.Connection) -> dict[str, int]:
         full = meta_value(conn, "derived_full") == "1"
         n_images = _fill_temp(conn, "aff_images", "SELECT id FROM images" if full else _DIRTY_IMAGES)
         n_scenes = _fill_temp(conn, "aff_scenes", "SELECT id FROM scenes" if full else _DIRTY_SCENES)
-        if n_images:
-            _refresh_image_inheritance(conn)
-        if n_scenes:
-            _refresh_scene_inherited_tags(conn)
-        counts = _refresh_image_counts(conn) if (n_images or full) else 0
+        bulk = full or n_images + n_scenes >= GUARD_LIFT_MIN_ROWS
+        with guard_lifted(conn, DERIVED_TABLES) if bulk else nullcontext():
+            if n_images:
+                _refresh_image_inheritance(conn)
+            if n_scenes:
+                _refresh_scene_inherited_tags(conn)
+            counts = _refresh_image_counts(conn) if (n_images or full) else 0
         conn.execute("DELETE FROM dirty")
         conn.execute("DELETE FROM cache_meta WHERE key = 'derived_full'")
         conn.execute("DROP TABLE IF EXISTS temp.aff_images")

@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from tagman_base import plugin_log
+from tagman_base.prefetch import PagePrefetch
 from tagman_base.sqlite_util import atomic, chunks, rows_where_in
 from tagman_base.stash_client import StashClient
 from tagman_base.timestamps import epoch_of, local_text, utc_now
@@ -50,8 +51,9 @@ from tagman_mirror.entities import ENTITY_TYPES, SPEC_BY_TABLE, SPECS, EntitySpe
 from tagman_mirror.results import FULL, SMART, CacheOptions, TypeStats, TypeTally
 from tagman_mirror.store import (
     ChangeRecorder, delete_entities, forget_rereads, mirror_count, prune_change_log, purge_soft_deleted,
-    soft_deleted_count, write_items,
+    page_contents, soft_deleted_count, write_contents, write_items,
 )
+from tagman_mirror.rows import Content
 
 log = logging.getLogger(plugin_log.LOGGER_NAME + ".mirror")
 
@@ -61,6 +63,15 @@ Progress = Callable[[float], None]
 
 def no_progress(_fraction: float) -> None:
     """Default progress callback."""
+
+
+@dataclass(frozen=True)
+class FetchedPage:
+    """One page of a full read, mapped: Stash's total count, how many items came, their mirrored contents."""
+
+    count: int
+    items: int
+    contents: list[Content]
 
 
 class CacheSync:
@@ -197,14 +208,15 @@ class CacheSync:
             with atomic(self.conn):
                 self.cursors.set(spec.table, full_next_page=page, full_cursor=target)
         mark_dirty = self.mode != FULL or self.scoped
-        for page, result in self._pages(spec, page):
-            items = result[spec.list_key]
-            with atomic(self.conn):
-                stats.upserted += write_items(self.conn, spec, items, mark_dirty, recorder=self.recorder)
-                self.cursors.set(spec.table, full_next_page=page + 1)
-            stats.fetched += len(items)
-            log.debug(f"cache {spec.table}: page {page} ({len(items)} items)")
-            progress(min(1.0, page * self.per_page / max(result["count"], 1)))
+        with self._pages(spec, page) as pages:
+            for page, fetched in pages:
+                with atomic(self.conn):
+                    stats.upserted += write_contents(self.conn, spec, fetched.contents, mark_dirty,
+                                                     recorder=self.recorder)
+                    self.cursors.set(spec.table, full_next_page=page + 1)
+                stats.fetched += fetched.items
+                log.debug(f"cache {spec.table}: page {page} ({fetched.items} items)")
+                progress(min(1.0, page * self.per_page / max(fetched.count, 1)))
         # Stash pages with LIMIT/OFFSET: a row deleted below the offset while paging hides the next
         # one, and a creation meanwhile keeps the counts equal, so the id sets are always compared.
         self._reconcile(spec, allow_mass_delete=True)
@@ -216,23 +228,22 @@ class CacheSync:
             if target is not None and not resumed:
                 self.cursors.set(spec.table, cursor=target)
 
-    def _pages(self, spec: EntitySpec, first: int) -> Iterator[tuple[int, dict]]:
-        """Yield (page number, result) from ``first`` on, fetching the next page while the caller writes."""
-        def fetch(number: int) -> dict:
-            find_filter = {"page": number, "per_page": self.per_page, "sort": "id", "direction": "ASC"}
-            return self.stash.call(queries.PAGE[spec.table], {"filter": find_filter})[spec.find]
+    def _pages(self, spec: EntitySpec, first: int) -> PagePrefetch[FetchedPage]:
+        """Pages from ``first`` on, each fetched and mapped to mirror rows in a thread while the previous one is written.
 
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-prefetch") as pool:
-            page, pending = first, pool.submit(fetch, first)
-            while True:
-                result = pending.result()
-                more = len(result[spec.list_key]) == self.per_page and page * self.per_page < result["count"]
-                if more:
-                    pending = pool.submit(fetch, page + 1)
-                yield page, result
-                if not more:
-                    return
-                page += 1
+        The one place full-sync pages are fetched. At most one page is read ahead, so memory
+        holds two pages whatever the library's size; only mapped rows are kept, not Stash's answer.
+        """
+        def fetch(number: int) -> FetchedPage:
+            find_filter = {"page": number, "per_page": self.per_page, "sort": "id", "direction": "ASC"}
+            result = self.stash.call(queries.PAGE[spec.table], {"filter": find_filter})[spec.find]
+            items = result[spec.list_key]
+            return FetchedPage(result["count"], len(items), page_contents(spec, items))
+
+        def more(number: int, fetched: FetchedPage) -> bool:
+            return fetched.items == self.per_page and number * self.per_page < fetched.count
+
+        return PagePrefetch(fetch, first, more, ahead=1, name="cache-prefetch")
 
     # -- incremental / smart ---------------------------------------------------------------
 

@@ -94,12 +94,13 @@ class Link:
     gql: str                        # selection that fetches the links
     rows: Reader                    # item -> [(target, *extra), ...]
     extra: tuple[tuple[str, str], ...] = ()   # (column, SQLite declaration)
+    id_field: str | None = None     # a plain link: the ``{id}`` list field its targets come from
 
 
 def id_link(table: str, owner: str, target: str, target_type: str, gql_field: str) -> Link:
     """A plain link from the ids of a ``{id}`` list field."""
     return Link(table, owner, target, target_type, f"{gql_field} {{ id }}",
-                lambda item: [(x,) for x in ids_of(item.get(gql_field))])
+                lambda item: [(x,) for x in ids_of(item.get(gql_field))], id_field=gql_field)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +39,29 @@ class Content:
 
 def entity_row(spec: EntitySpec, item: dict) -> tuple:
     """The entity table row of one item (columns of ``spec`` + created/updated, without the hash)."""
-    return (int(item["id"]), *(c.read(item) for c in spec.fields), item["created_at"], item["updated_at"])
+    return (int(item["id"]), *[read(item) for read in _mapper(spec).readers], item["created_at"], item["updated_at"])
+
+
+@dataclass(frozen=True)
+class _Mapper:
+    """A spec's readers, gathered once: the per-item work of a sync is this mapping."""
+
+    spec: EntitySpec
+    readers: tuple[Callable[[dict], Any], ...]
+    links: tuple[tuple[str, str | None, Callable[[dict], list]], ...]   # (table, plain {id} field, rows)
+
+
+_MAPPERS: dict[str, _Mapper] = {}
+
+
+def _mapper(spec: EntitySpec) -> _Mapper:
+    """The mapper of ``spec`` (built on first use)."""
+    mapper = _MAPPERS.get(spec.table)
+    if mapper is None or mapper.spec is not spec:
+        mapper = _Mapper(spec, tuple(c.read for c in spec.fields),
+                         tuple((link.table, link.id_field, link.rows) for link in spec.links))
+        _MAPPERS[spec.table] = mapper
+    return mapper
 
 
 def owned_tables(spec: EntitySpec) -> list[tuple[str, str]]:
@@ -53,7 +75,13 @@ def owned_tables(spec: EntitySpec) -> list[tuple[str, str]]:
 def owned_sets(spec: EntitySpec, item: dict) -> dict[str, list]:
     """Rows of every link, file and stash-id table an item owns."""
     eid = int(item["id"])
-    out = {link.table: [(eid, *values) for values in link.rows(item)] for link in spec.links}
+    out: dict[str, list] = {}
+    for table, id_field, rows in _mapper(spec).links:
+        if id_field is None:
+            out[table] = [(eid, *values) for values in rows(item)]
+        else:  # distinct target ids in Stash's order, as ids_of gives them
+            targets = item.get(id_field)
+            out[table] = [(eid, x) for x in dict.fromkeys([int(o["id"]) for o in targets])] if targets else []
     if spec.files:
         out[spec.files.table] = [(eid, *values) for values in spec.files.rows(item)]
     if spec.has_stash_ids:
@@ -66,9 +94,14 @@ def mirrored_content(spec: EntitySpec, item: dict) -> Content:
     """The mirrored content of one Stash item and its digest."""
     row = entity_row(spec, item)
     sets = owned_sets(spec, item)
+    return Content(row, sets, content_digest(row, sets))
+
+
+def content_digest(row: tuple, sets: dict[str, list]) -> str:
+    """The digest of a row and its owned sets, whatever order the sets' rows came in."""
     # rows of one table differ in their leading key columns, so sorting never compares a None
     canonical = repr((row, [sorted(values) for values in sets.values()]))
-    return Content(row, sets, hashlib.blake2b(canonical.encode(), digest_size=12).hexdigest())
+    return hashlib.blake2b(canonical.encode(), digest_size=12).hexdigest()
 
 
 def _empty_sets(spec: EntitySpec) -> dict[str, list]:

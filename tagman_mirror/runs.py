@@ -19,10 +19,11 @@ from typing import Any
 
 from tagman_base import plugin_log
 from tagman_base.errors import CacheError
+from tagman_base.gc_tuning import fewer_collections
 from tagman_base.sqlite_util import atomic
 from tagman_base.stash_client import StashClient
 from tagman_base.timestamps import instant_or_none, local_text, utc_now
-from tagman_mirror.cache_file import open_cache, sync_lock
+from tagman_mirror.cache_file import open_cache, sync_lock, use_sync_page_cache
 from tagman_mirror.cursor import parse_since
 from tagman_mirror.engine import DEFAULT_PER_PAGE, CacheSync, Progress, no_progress
 from tagman_mirror.entities import ENTITY_TYPES, SPEC_BY_TABLE, parse_entities
@@ -126,8 +127,9 @@ def run_sync(stash: StashClient, db_path: Path, mode: str, since: str | None = N
     db_path = Path(db_path)
     clock = clock or utc_now
     started = local_text(clock())
-    with sync_lock(db_path):
+    with sync_lock(db_path), fewer_collections():
         conn = open_cache(db_path)
+        use_sync_page_cache(conn)
         try:
             run_id = _start_run(conn, mode, started, scope)
             sync = CacheSync(stash, conn, mode, since_epoch, per_page, progress, entities=scope, options=options,

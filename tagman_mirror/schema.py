@@ -22,12 +22,14 @@ connection and carry no guard.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from tagman_base.errors import CacheSchemaError
 from tagman_base.sqlite_util import atomic
 from tagman_mirror.entities import LINKS, SPECS
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 WRITER_SCHEMA = "cache_writer"
 READ_ONLY_MESSAGE = (
     "stash cache is a read-only mirror of Stash: change the data in Stash, then run "
@@ -97,7 +99,7 @@ _V1_SYNC = [
 
 
 def _link_ddl() -> list[str]:
-    """CREATE statements of every link table with an index on each of its two columns."""
+    """CREATE statements of every link table with an index on each of its two columns (version 1)."""
     out = []
     for link in LINKS.values():
         extra = "".join(f", {name} {sql}" for name, sql in link.extra)
@@ -216,6 +218,11 @@ _V5_SIGNALS = ["""CREATE TABLE mirror_signals (
     entity_type TEXT PRIMARY KEY, files_cursor TEXT, verify_after INTEGER NOT NULL DEFAULT 0)"""]
 V5_TABLES = ("mirror_signals",)
 
+
+# A link table's primary key (owner, target) already serves every lookup by owner; a separate
+# index on the owner column only doubled the work of each link written (the bulk of a sync's rows).
+_V6_LINK_INDEXES = [f"DROP INDEX IF EXISTS {link.table}_{link.owner}" for link in LINKS.values()]
+
 MIRROR_TABLES = V1_TABLES + V2_TABLES + V3_TABLES + V5_TABLES
 
 
@@ -255,6 +262,8 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
      _V4_WATCH + _added_columns(4)),
     (5, "file-change window cursors and rolling re-verification positions",
      _V5_SIGNALS + _guards(V5_TABLES) + _added_columns(5)),
+    (6, "link tables: drop the index on the owner column (the primary key starts with it)",
+     _V6_LINK_INDEXES + _added_columns(6)),
 ]
 
 
@@ -268,6 +277,36 @@ def enable_writes(conn: sqlite3.Connection) -> None:
     attached = {row[1] for row in conn.execute("PRAGMA database_list")}
     if WRITER_SCHEMA not in attached:
         conn.execute(f"ATTACH DATABASE ':memory:' AS {WRITER_SCHEMA}")
+
+
+# Below this many rows the two statements per trigger cost more than the guard's check saves.
+GUARD_LIFT_MIN_ROWS = 500
+
+
+@contextmanager
+def guard_lifted(conn: sqlite3.Connection, tables: Iterable[str]) -> Iterator[None]:
+    """Inside the writer's open transaction, drop the guard triggers of ``tables`` and put them back before it ends.
+
+    For bulk writes: the guard's check runs for every row written, and SQLite prepares a PRAGMA
+    statement for each one, which doubles the cost of writing a link row. No other connection
+    can tell the guard was lifted: SQLite admits one writer at a time, readers see the last
+    committed schema (with the triggers), and a rollback (an error, a killed process) brings the
+    triggers back with everything else. The triggers are restored from their own stored SQL.
+    """
+    if not conn.in_transaction:
+        raise CacheSchemaError("guard_lifted needs the writer's open transaction")
+    names = tuple(dict.fromkeys(tables))
+    marks = ",".join("?" * len(names))
+    saved = conn.execute(f"SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name IN ({marks}) "
+                         "AND name LIKE '%\\_read\\_only\\_%' ESCAPE '\\'", names).fetchall()
+    for name, _sql in saved:
+        conn.execute(f'DROP TRIGGER "{name}"')
+    try:
+        yield
+    finally:
+        if conn.in_transaction:  # else SQLite rolled the transaction back, drops included
+            for _name, sql in saved:
+                conn.execute(sql)
 
 
 def disable_writes(conn: sqlite3.Connection) -> None:

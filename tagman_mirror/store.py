@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 
 from tagman_base.sqlite_util import atomic, chunks, rows_where_in
 from tagman_base.timestamps import instant_or_none, now_text
 from tagman_mirror.entities import ENTITY_TYPES, EntitySpec, references_to
+from tagman_mirror.schema import GUARD_LIFT_MIN_ROWS, guard_lifted
 from tagman_mirror.rows import Content, content_diff, load_contents, mirrored_content, owned_tables
 
 
@@ -128,6 +130,11 @@ def _plan_writes(conn: sqlite3.Connection, spec: EntitySpec, contents: list[Cont
     return plan, set(existing)
 
 
+def page_contents(spec: EntitySpec, items: Iterable[dict]) -> list[Content]:
+    """The mirrored contents of fetched items, one per id (the last wins); pure, so it may run ahead in another thread."""
+    return list({c.id: c for c in (mirrored_content(spec, item) for item in items)}.values())
+
+
 def write_items(conn: sqlite3.Connection, spec: EntitySpec, items: Iterable[dict], mark_dirty_rows: bool = True,
                 recorder: ChangeRecorder | None = None) -> int:
     """Write the items whose mirrored content changed, replacing their links, files and stash ids.
@@ -137,20 +144,38 @@ def write_items(conn: sqlite3.Connection, spec: EntitySpec, items: Iterable[dict
     ``mark_dirty_rows`` queues them for the derived-data refresh; ``recorder`` counts
     created/updated/unchanged/revived and logs the changes.
     """
-    contents = list({c.id: c for c in (mirrored_content(spec, item) for item in items)}.values())
+    return write_contents(conn, spec, page_contents(spec, items), mark_dirty_rows, recorder)
+
+
+def write_contents(conn: sqlite3.Connection, spec: EntitySpec, contents: list[Content], mark_dirty_rows: bool = True,
+                   recorder: ChangeRecorder | None = None) -> int:
+    """``write_items`` for contents already mapped (``page_contents``)."""
     if not contents:
         return 0
     plan, existing = _plan_writes(conn, spec, contents)
-    if recorder is not None:
-        recorder.tally(spec.table).add(plan.counts)
-        recorder.log(conn, plan.changes)
-    if plan.touch:
-        conn.executemany(f"UPDATE {spec.table} SET content_hash = ?, deleted_at = NULL WHERE id = ?", plan.touch)
-    if plan.rewrite:
-        _rewrite(conn, spec, plan.rewrite, [c.id for c in plan.rewrite if c.id in existing])
-    if mark_dirty_rows:
-        mark_dirty(conn, spec.table, [c.id for c in plan.rewrite] + plan.revived)
+    bulk = conn.in_transaction and _rows_to_write(plan) >= GUARD_LIFT_MIN_ROWS
+    with guard_lifted(conn, _written_tables(spec)) if bulk else nullcontext():
+        if recorder is not None:
+            recorder.tally(spec.table).add(plan.counts)
+            recorder.log(conn, plan.changes)
+        if plan.touch:
+            conn.executemany(f"UPDATE {spec.table} SET content_hash = ?, deleted_at = NULL WHERE id = ?", plan.touch)
+        if plan.rewrite:
+            _rewrite(conn, spec, plan.rewrite, [c.id for c in plan.rewrite if c.id in existing])
+        if mark_dirty_rows:
+            mark_dirty(conn, spec.table, [c.id for c in plan.rewrite] + plan.revived)
     return plan.counts.written
+
+
+def _rows_to_write(plan: _WritePlan) -> int:
+    """Rows a plan writes: entity rows and the rows they own, digests touched, change-log rows."""
+    return len(plan.touch) + len(plan.changes) + sum(1 + sum(map(len, c.sets.values())) for c in plan.rewrite)
+
+
+def _written_tables(spec: EntitySpec) -> list[str]:
+    """Every table ``write_contents`` may write for a type."""
+    return [spec.table, *(t for t, _owner in owned_tables(spec)), *(["stash_ids"] if spec.has_stash_ids else []),
+            "sync_changes", "dirty"]
 
 
 def _delete_owned(conn: sqlite3.Connection, spec: EntitySpec, ids: Sequence[int]) -> None:

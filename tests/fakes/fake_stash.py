@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -40,6 +41,7 @@ from tests.fakes.stash_sessions import DEFAULT_MAX_SESSION_AGE, SessionStore, au
 from graphql import (
     GraphQLError,
     OperationDefinitionNode,
+    OperationType,
     build_schema,
     execute_sync,
     parse,
@@ -182,6 +184,70 @@ def _plain(value):
     return value
 
 
+class ReadWriteLock:
+    """The world's lock: ``with lock:`` is exclusive (and reentrant) for writers; ``with lock.shared():``
+    lets readers run together, as Stash's database serves concurrent reads.
+
+    A waiting writer holds back new readers, so a stream of reads cannot starve an edit.
+    A writer may read inside its own write; a reader must not start a write.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer: int | None = None
+        self._depth = 0
+        self._writers_waiting = 0
+
+    def acquire(self) -> bool:
+        me = threading.get_ident()
+        with self._cond:
+            if self._writer == me:
+                self._depth += 1
+                return True
+            self._writers_waiting += 1
+            while self._writer is not None or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writer, self._depth = me, 1
+        return True
+
+    def release(self) -> None:
+        with self._cond:
+            self._depth -= 1
+            if not self._depth:
+                self._writer = None
+                self._cond.notify_all()
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    @contextmanager
+    def shared(self):
+        """Hold the lock for reading (alongside other readers)."""
+        if self._writer == threading.get_ident():  # a read inside this thread's own write
+            yield
+            return
+        with self._cond:
+            while self._writer is not None or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @property
+    def readers(self) -> int:
+        """How many readers hold the lock now."""
+        return self._readers
+
+
 class World:
     """In-memory Stash database.
 
@@ -196,7 +262,7 @@ class World:
     def __init__(self, clock=None, offset: timedelta = timedelta(0)):
         self.clock = clock or _utcnow
         self._offset = offset
-        self.lock = threading.RLock()
+        self.lock = ReadWriteLock()
         self._tables: dict[str, dict[int, dict]] = {t: {} for t in ENTITY_TYPES}
         self._next_id = {t: 1 for t in ENTITY_TYPES}
         self._next_file_id = 1
@@ -1357,6 +1423,15 @@ def fake_schema():
         return _SCHEMA
 
 
+def _is_mutation(doc, operation_name) -> bool:
+    """Whether the operation a request runs is a mutation."""
+    for d in doc.definitions:
+        if isinstance(d, OperationDefinitionNode) and (operation_name is None or
+                                                       (d.name and d.name.value == operation_name)):
+            return d.operation == OperationType.MUTATION
+    return True  # unknown operation: let graphql-core report it, alone
+
+
 class GraphQLExecutor:
     """Parses/validates (cached per query text) and executes against a world."""
 
@@ -1402,7 +1477,9 @@ class GraphQLExecutor:
         doc, errors, _ = self.prepare(query)
         if doc is None:
             return {"errors": errors, "data": None}
-        with self.world.lock:
+        # queries run side by side (Stash serves concurrent reads); a mutation runs alone
+        lock = self.world.lock if _is_mutation(doc, operation_name) else self.world.lock.shared()
+        with lock:
             result = execute_sync(self.schema, doc, variable_values=variables or None,
                                   operation_name=operation_name,
                                   context_value={"world": self.world, "events": events})
