@@ -28,7 +28,9 @@ from pathlib import Path
 
 from tagman_base.stash_client import StashBox, StashClient
 from stashdb_api import StashDBClient, StashDBTag
-from stashdb_scene_sync import chunked, fold_case, unique_path
+from tagman_base.sqlite_util import chunks
+from tagman_tagsync.matcher import fold_case
+from tagman_tagsync.report import unique_path
 from tagman_base.errors import StashAuthError, StashDBError, StashQueryError, StashUnavailable
 
 # A child of the plugin's own logger ("tagManager"), so it logs at that logger's level.
@@ -262,7 +264,7 @@ class TagLinker:
         """Write the links, ``batch_size`` tags per re-read and write."""
         to_link = [p for p in proposals if p.target is not None]
         log.info(f"Linking {len(to_link)} tags to {self.endpoint}")
-        for done, batch in enumerate(chunked(to_link, self.batch_size), start=1):
+        for done, batch in enumerate(chunks(to_link, self.batch_size), start=1):
             self.link_batch(batch, index)
             self.advance(0.5 + 0.5 * min(1.0, done * self.batch_size / len(to_link)))
 

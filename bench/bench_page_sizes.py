@@ -40,8 +40,8 @@ def measure(port: int, size: int) -> dict:
     import requests
 
     import local_cache
-    import stashdb_scene_sync
     from tagman_base.stash_client import StashClient
+    from tagman_tagsync import stash_scenes
 
     url = f"http://127.0.0.1:{port}"
     stash = StashClient(requests.Session(), url)
@@ -51,9 +51,9 @@ def measure(port: int, size: int) -> dict:
         full_s = time.perf_counter() - started
     full_requests = stash.requests_sent
     stash.requests_sent = 0
-    stashdb_scene_sync.SCENE_ID_PAGE_SIZE = size
+    stash_scenes.SCENE_ID_PAGE_SIZE = size
     started = time.perf_counter()
-    ids = stashdb_scene_sync.linked_scene_ids(stash, "https://stashdb.org/graphql")
+    ids = stash_scenes.linked_scenes(stash, "https://stashdb.org/graphql")
     ids_s = time.perf_counter() - started
     return {"per_page": size, "full_sync_s": round(full_s, 2), "full_sync_requests": full_requests,
             "linked_ids_s": round(ids_s, 2), "linked_ids_requests": stash.requests_sent, "linked": len(ids),

@@ -40,7 +40,7 @@ from bench.common import PLUGIN_SCRIPT, FakesProcess, bench_library_options, par
 FINGERPRINT_BATCH = 40
 WALL_SLACK = 1.10
 RSS_RATIO_BOUND = 1.5
-MUTATION_CHUNK = 500  # stashdb_scene_sync.MUTATION_CHUNK, for the explanatory figure only
+MUTATION_CHUNK = 500  # tagman_tagsync.writes.MUTATION_CHUNK, for the explanatory figure only
 
 
 def run_size(scenes: int, rate: float, seed: int, fallback_share: float, tags: int, workdir: Path) -> dict:

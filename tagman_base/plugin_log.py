@@ -111,6 +111,6 @@ def configure(terminal: bool, level: int = logging.DEBUG, stream: IO[str] | None
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     log.setLevel(level)
-    for name in ("stashdb_api", "stashdb_scene_sync", "local_cache", "tagman_base", "tagman_mirror"):
+    for name in ("stashdb_api", "stashdb_scene_sync", "local_cache", "tagman_base", "tagman_mirror", "tagman_tagsync"):
         logging.getLogger(name).setLevel(level)
     return Progress(stream, terminal=terminal)

@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stashdb_api import StashDBTag
-from stashdb_scene_sync import LocalTag, TagMatcher, fold_case
+from tagman_tagsync.matcher import LocalTag, TagMatcher, fold_case
 
 ENDPOINT = "https://stashdb.org/graphql"
 

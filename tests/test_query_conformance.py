@@ -13,8 +13,8 @@ from tests.fakes.fake_stash import fake_schema
 from tests.reference import real_stash_schema, real_stashbox_schema
 
 
-STASH_MODULES = ["tagman_base.stash_client", "stashdb_scene_sync", "stashdb_tag_links", "tagman_base.stash_auth",
-                 "tagman_base.hook_switch"]
+STASH_MODULES = ["tagman_base.stash_client", "tagman_tagsync.matcher", "tagman_tagsync.stash_scenes",
+                 "tagman_tagsync.writes", "stashdb_tag_links", "tagman_base.stash_auth", "tagman_base.hook_switch"]
 STASHBOX_MODULES = ["stashdb_api"]
 
 
@@ -57,7 +57,7 @@ def test_documents_are_named_operations():
 
 
 def test_generated_batch_mutation_is_valid():
-    from stashdb_scene_sync import add_tags_batch_document, add_tags_input
+    from tagman_tagsync.writes import add_tags_batch_document, add_tags_input
 
     document = parse(add_tags_batch_document(3))
     assert not validate(real_stash_schema(), document)
