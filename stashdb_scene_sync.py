@@ -30,7 +30,8 @@ from pathlib import Path
 from stashdb_api import StashDBClient, TokenBucket, effective_rate_per_minute
 from tagman_base.errors import SettingsError, StashDBError
 from tagman_base.settings import Settings, TagBlacklist
-from tagman_base.stash_client import StashBox, StashClient, select_stash_box
+from tagman_base.stash_boxes import StashBox, select_stash_box
+from tagman_base.stash_client import StashClient
 from tagman_tagsync.change_feed import FeedPolicy, full_path_cost, full_reason, read_feed, utc_text
 from tagman_tagsync.feed_passes import FeedPasses
 from tagman_tagsync.history import (

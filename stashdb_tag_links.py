@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tagman_base.stash_client import StashBox, StashClient
+from tagman_base.stash_boxes import StashBox
+from tagman_base.stash_client import StashClient
 from stashdb_api import StashDBClient, StashDBTag
 from tagman_base.sqlite_util import chunks
 from tagman_tagsync.matcher import fold_case

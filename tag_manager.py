@@ -120,7 +120,7 @@ def is_true(value: Any) -> bool:
 def run_sync_scene_tags(ctx: RunContext):
     """Mode ``sync_scene_tags``: StashDB tags onto linked scenes of every stash-box (or a preview of it)."""
     from tagman_base.settings import TagBlacklist
-    from tagman_base.stash_client import stash_boxes_to_sync
+    from tagman_base.stash_boxes import stash_boxes_to_sync
     from tagman_tagsync.change_feed import FeedPolicy
     from stashdb_scene_sync import sync_boxes
 
@@ -163,7 +163,7 @@ def run_reset_sync_history(ctx: RunContext):
 
 def run_link_tags(ctx: RunContext):
     """Mode ``link_tags``: give local tags the StashIDs of the stash-box tags they name (``dry_run``: preview)."""
-    from tagman_base.stash_client import select_stash_box
+    from tagman_base.stash_boxes import select_stash_box
     from stashdb_scene_sync import stashdb_client_for
     from stashdb_tag_links import TAG_LINK_LOCK, link_tags_for_box
 

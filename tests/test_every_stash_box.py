@@ -11,7 +11,7 @@ import pytest
 from tagman_base import stash_client
 from tagman_tagsync import history as tag_sync_history
 from tagman_base.settings import Settings
-from tagman_base.stash_client import StashBox, stash_boxes_to_sync
+from tagman_base.stash_boxes import StashBox, stash_boxes_to_sync
 from stashdb_scene_sync import RATE_SAFETY_FACTOR, stashdb_client_for
 from tagman_base.run_context import RunContext
 from tag_manager import run_sync_scene_tags

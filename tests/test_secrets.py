@@ -74,7 +74,8 @@ def test_command_line_key_is_masked_even_in_errors(secret_servers, tmp_path):
 def test_reprs_hide_keys():
     import requests
 
-    from tagman_base.stash_client import StashBox, StashClient
+    from tagman_base.stash_boxes import StashBox
+    from tagman_base.stash_client import StashClient
     from stashdb_api import StashDBClient, TokenBucket
 
     client = StashDBClient("https://stashdb.org/graphql", STASHDB_API_KEY, TokenBucket(1.0))

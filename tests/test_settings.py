@@ -5,7 +5,7 @@ from hypothesis import given, strategies as st
 
 from tagman_base.errors import SettingsError
 from tagman_base.settings import Settings, split_blacklist, TagBlacklist
-from tagman_base.stash_client import select_stash_box, StashBox
+from tagman_base.stash_boxes import select_stash_box, StashBox
 from tagman_mirror.results import CacheOptions
 
 

@@ -87,7 +87,7 @@ def context(servers: Servers, tmp_path: Path, dry_run: bool = False, **settings)
 
 def linker(servers: Servers, tmp_path: Path, dry_run: bool = False, stash=None, **options) -> TagLinker:
     """A TagLinker on the fakes with test-sized pages and batches."""
-    from tagman_base.stash_client import StashBox
+    from tagman_base.stash_boxes import StashBox
 
     stash = stash or stash_client.connect(servers.server_connection(tmp_path), lean=True)
     box = StashBox(servers.library.endpoint, STASHDB_API_KEY, "StashDB", 0)
