@@ -53,3 +53,27 @@ def rows_where_in(conn: sqlite3.Connection, sql: str, ids: Sequence[Any], leadin
     for chunk in chunks(list(ids), size):
         marks = ",".join("?" * len(chunk))
         yield from conn.execute(sql.format(marks=marks), (*leading, *chunk))
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The ``user_version`` of the open file."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[tuple[int, str, Sequence[str]]],
+                     found: int, target: int) -> None:
+    """Run each step above ``found`` up to ``target``, each in one transaction with its version bump."""
+    for version, _description, statements in migrations:
+        if found < version <= target:
+            with atomic(conn):
+                for sql in statements:
+                    conn.execute(sql)
+                conn.execute(f"PRAGMA user_version = {int(version)}")
+
+
+def schema_signature(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    """(type, name, normalised SQL) of every schema object, for comparing two files."""
+    rows = conn.execute(
+        "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name"
+    ).fetchall()
+    return [(t, n, " ".join((s or "").split())) for t, n, s in rows]

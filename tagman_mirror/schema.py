@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from tagman_base.errors import CacheSchemaError
-from tagman_base.sqlite_util import atomic
+from tagman_base.sqlite_util import apply_migrations, schema_signature, schema_version  # noqa: F401 (the file's own version and signature)
 from tagman_mirror.entities import LINKS, SPECS
 
 SCHEMA_VERSION = 6
@@ -267,11 +267,6 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
 ]
 
 
-def schema_version(conn: sqlite3.Connection) -> int:
-    """The ``user_version`` of the open file."""
-    return int(conn.execute("PRAGMA user_version").fetchone()[0])
-
-
 def enable_writes(conn: sqlite3.Connection) -> None:
     """Switch this connection's write guard on (outside any transaction)."""
     attached = {row[1] for row in conn.execute("PRAGMA database_list")}
@@ -330,18 +325,5 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
             "The cache path points at an SQLite file that is not a tagManager cache. "
             "Choose another cacheDbPath or move that file away."
         )
-    for version, _description, statements in MIGRATIONS:
-        if found < version <= target:
-            with atomic(conn):
-                for sql in statements:
-                    conn.execute(sql)
-                conn.execute(f"PRAGMA user_version = {int(version)}")
+    apply_migrations(conn, MIGRATIONS, found, target)
     return found
-
-
-def schema_signature(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
-    """(type, name, normalised SQL) of every schema object, for comparing two files."""
-    rows = conn.execute(
-        "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name"
-    ).fetchall()
-    return [(t, n, " ".join((s or "").split())) for t, n, s in rows]

@@ -23,7 +23,7 @@ last run started (to notice a clock that went backwards), the by-id look-ups of 
 (the next run asks for that many more per page, so re-reading the overlap costs no extra request). ``box_state`` is written only at the end of a run without errors, so a
 killed run leaves the previous mark and the next run re-reads the feed from there.
 
-Transactions go through the project's one ``atomic()`` helper (``tagman_base.sqlite_util``).
+Migrations run through the project's one migration helper and ``atomic()`` (``tagman_base.sqlite_util``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from tagman_base.sqlite_util import atomic
+from tagman_base.sqlite_util import apply_migrations, schema_signature, schema_version  # noqa: F401 (the file's own version and signature)
 from tagman_base.errors import SyncHistoryError
 
 SCHEMA_VERSION = 2
@@ -80,11 +80,6 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
 ]
 
 
-def schema_version(conn: sqlite3.Connection) -> int:
-    """The ``user_version`` of the open file."""
-    return int(conn.execute("PRAGMA user_version").fetchone()[0])
-
-
 def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
     """Bring the file up to ``target``; returns the version found before. Refuses newer files."""
     found = schema_version(conn)
@@ -99,12 +94,7 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
             "The scene tag sync history file holds tables tagManager did not create. "
             "Run 'Reset Scene Tag Sync History' to start a fresh history."
         )
-    for version, _description, statements in MIGRATIONS:
-        if found < version <= target:
-            with atomic(conn):
-                for sql in statements:
-                    conn.execute(sql)
-                conn.execute(f"PRAGMA user_version = {int(version)}")
+    apply_migrations(conn, MIGRATIONS, found, target)
     return found
 
 
@@ -123,11 +113,3 @@ def connect(path: Path) -> sqlite3.Connection:
             "Run 'Reset Scene Tag Sync History' to start a fresh history."
         ) from None
     return conn
-
-
-def schema_signature(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
-    """(type, name, normalised SQL) of every schema object, for comparing two files."""
-    rows = conn.execute(
-        "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name"
-    ).fetchall()
-    return [(t, n, " ".join((s or "").split())) for t, n, s in rows]
