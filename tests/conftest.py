@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -353,3 +354,17 @@ def plugin_folder(plugins_dir: Path) -> Path:
         if runtime_package or (path.suffix in (".py", ".yml") and path.is_file()):
             (folder / path.name).symlink_to(path)
     return folder
+
+
+@pytest.fixture
+def certificate(tmp_path):
+    """A self-signed certificate for the host name stash.example (not for 127.0.0.1), via openssl."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command line is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    done = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                           "-subj", "/CN=stash.example", "-keyout", str(key), "-out", str(cert)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"openssl could not make a certificate: {done.stderr.strip()[:200]}")
+    return str(cert), str(key)

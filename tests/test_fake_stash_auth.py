@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -246,23 +244,11 @@ def test_fake_tag_merge_hook_carries_source_and_destination(world, tmp_path):
 
 # ---------------------------------------------------------------- TLS
 
-@pytest.fixture
-def self_signed_cert(tmp_path):
-    """A certificate for the host name stash.example, made with the openssl command line."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command line is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    done = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                           "-subj", "/CN=stash.example", "-keyout", str(key), "-out", str(cert)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"openssl could not make a certificate: {done.stderr.strip()[:200]}")
-    return str(cert), str(key)
 
 
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
-def test_fake_serves_https_with_a_self_signed_host_name_certificate(world, self_signed_cert):
-    with FakeStash(world, tls=self_signed_cert) as fake:
+def test_fake_serves_https_with_a_self_signed_host_name_certificate(world, certificate):
+    with FakeStash(world, tls=certificate) as fake:
         assert fake.url.startswith("https://")
         with pytest.raises(requests.exceptions.SSLError):
             requests.post(fake.graphql_url, json=VERSION_QUERY, timeout=10)

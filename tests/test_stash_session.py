@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -112,18 +111,6 @@ def test_keeper_pings_stash_when_it_heard_nothing_for_half_the_session_age():
 
 # ---------------------------------------------------------------- HTTPS
 
-@pytest.fixture
-def certificate(tmp_path):
-    """A self-signed certificate for the host name stash.example (not for 127.0.0.1), via openssl."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command line is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    done = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                           "-subj", "/CN=stash.example", "-keyout", str(key), "-out", str(cert)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"openssl could not make a certificate: {done.stderr.strip()[:200]}")
-    return str(cert), str(key)
 
 
 @pytest.mark.parametrize("lean", [True, False])
