@@ -14,7 +14,6 @@ anything is off.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -24,22 +23,16 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
-    StashLogPrinter,
     plugin_stdin,
-    run_plugin_streaming,
     start_fakes,
 )
-from bench.demo_cache import DEMO_TAG, add_demo_tag, run_cache_demo  # noqa: E402
+from bench.demo_cache import DEMO_TAG, add_demo_tag, banner, run_cache_demo, run_task  # noqa: E402
 
 CSV_LINES_SHOWN = 6
 SUMMARY_FIELDS = ("scenes_seen", "matched_by_fingerprint", "matched_by_id", "not_found", "deleted_on_stashdb",
                   "scenes_updated", "tags_added", "tags_unmatched", "tags_blacklisted", "tags_deleted_on_stashdb",
                   "tags_skipped_by_history", "probable_merges", "strategy", "scenes_from_feed", "scenes_rematched",
                   "errors", "stashdb_requests", "stash_mutations", "elapsed_s", "report_path")
-
-
-def banner(text: str) -> None:
-    print(f"\n== {text} " + "=" * max(0, 76 - len(text)), flush=True)
 
 
 def print_summary(output: dict) -> None:
@@ -53,19 +46,12 @@ def print_summary(output: dict) -> None:
 
 def run(label: str, document: dict, problems: list[str]) -> dict:
     """Run the plugin once, print its log and summary; return its output (empty on failure)."""
-    banner(f"{label}: python tag_manager.py  (args {json.dumps(document['args'])})")
-    code, stdout, seconds = run_plugin_streaming(document, StashLogPrinter())
-    try:
-        answer = json.loads(stdout)
-    except ValueError:
-        problems.append(f"{label}: stdout is not one JSON document: {stdout[:200]!r}")
-        return {}
-    if code != 0 or "output" not in answer:
-        problems.append(f"{label}: exit code {code}, answer {answer}")
+    output, seconds = run_task(label, document, problems)
+    if output is None:
         return {}
     print(f"  summary ({seconds:.1f} s including interpreter start):")
-    print_summary(answer["output"])
-    return answer["output"]
+    print_summary(output)
+    return output
 
 
 def show_csv(path_text: str | None, problems: list[str]) -> None:

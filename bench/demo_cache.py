@@ -52,23 +52,32 @@ def add_demo_tag(world) -> DemoTag:
     return DemoTag(tag_id, scene_ids, performer_id, studio_id)
 
 
-def run_mode(label: str, port: int, plugin_dir: Path, args: dict, problems: list[str],
-             printer: StashLogPrinter | None = None) -> dict:
-    """Run one task through stdin as Stash does; print its log; return its output (empty on failure)."""
-    document = plugin_stdin(port, plugin_dir)
-    document["args"] = args
-    banner(f"{label}: python tag_manager.py  (args {json.dumps(args)})")
+def run_task(label: str, document: dict, problems: list[str],
+             printer: StashLogPrinter | None = None) -> tuple[dict | None, float]:
+    """Run the plugin once through stdin as Stash does, printing its log; its output (None on failure) and seconds."""
+    banner(f"{label}: python tag_manager.py  (args {json.dumps(document['args'])})")
     code, stdout, seconds = run_plugin_streaming(document, printer or StashLogPrinter())
     try:
         answer = json.loads(stdout)
     except ValueError:
         problems.append(f"{label}: stdout is not one JSON document: {stdout[:200]!r}")
-        return {}
+        return None, seconds
     if code != 0 or "output" not in answer:
         problems.append(f"{label}: exit code {code}, answer {answer}")
+        return None, seconds
+    return answer["output"], seconds
+
+
+def run_mode(label: str, port: int, plugin_dir: Path, args: dict, problems: list[str],
+             printer: StashLogPrinter | None = None) -> dict:
+    """Run one task with ``args``; print its log; return its output (empty on failure)."""
+    document = plugin_stdin(port, plugin_dir)
+    document["args"] = args
+    output, seconds = run_task(label, document, problems, printer)
+    if output is None:
         return {}
     print(f"  ({seconds:.1f} s including interpreter start)")
-    return answer["output"]
+    return output
 
 
 def print_per_type(output: dict) -> None:
