@@ -92,6 +92,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         help="cache_watch: run a full sync instead of a smart one when the last is this old (7d, 12h)")
     parser.add_argument("--interval", default=None, help="cache_watch: seconds between smart syncs (default 300)")
     parser.add_argument("--heartbeat", default=None, help="cache_watch: seconds between heartbeats (default 30)")
+    parser.add_argument("--plugin-dir", default=None, type=Path,
+                        help="folder that holds data/ and reports/ (default: the folder of tag_manager.py)")
     return parser
 
 
@@ -109,7 +111,8 @@ def parse_command_line(argv: list[str]) -> Invocation:
         if getattr(options, name) is not None:
             args[name] = getattr(options, name)
     api_key = options.api_key or os.environ.get("STASH_API_KEY") or None
-    return Invocation(mode=options.mode, args=args, server_connection=connection, terminal=True, api_key=api_key)
+    return Invocation(mode=options.mode, args=args, server_connection=connection, terminal=True, api_key=api_key,
+                      plugin_dir=options.plugin_dir or PLUGIN_DIR)
 
 
 def is_true(value: Any) -> bool:

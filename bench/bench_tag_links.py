@@ -32,7 +32,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import PLUGIN_SCRIPT, STASHDB_API_KEY, SESSION_COOKIE, plugin_stdin  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
 from tests.fakes.fake_stash import FakeStash  # noqa: E402
 from tests.fakes.fake_stashdb import FakeStashDB  # noqa: E402
 from tests.fakes.library import OTHER_ENDPOINT, generate_library  # noqa: E402
@@ -44,8 +43,8 @@ RATE_SAFETY_FACTOR = 0.98  # tag_manager.RATE_SAFETY_FACTOR
 
 def build_fakes(stashdb_tags: int, local_tags: int, rate: float, seed: int) -> tuple[FakeStash, FakeStashDB, object]:
     """Generate the library, pad StashDB's tag list to ``stashdb_tags`` live tags, start both fakes."""
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}/graphql"
+    stashdb = FakeStashDB(None, api_key=STASHDB_API_KEY, max_requests_per_minute=rate).start()
+    endpoint = stashdb.url
     library = generate_library(seed=seed, scenes=50, tags=local_tags, performers=5, studios=2, groups=1,
                                galleries=1, images=1, endpoint=endpoint)
     library.world.stash_boxes = [{"endpoint": endpoint, "api_key": STASHDB_API_KEY, "name": "StashDB",
@@ -60,7 +59,7 @@ def build_fakes(stashdb_tags: int, local_tags: int, rate: float, seed: int) -> t
     for tid in unlinked[::5]:  # a fifth of the considered tags are linked on another stash-box already
         library.world.update_entity("tag", tid, stash_ids=[{"endpoint": OTHER_ENDPOINT, "stash_id": f"other-{tid}",
                                                              "updated_at": "2025-03-04T05:06:07Z"}])
-    stashdb = FakeStashDB(library.stashdb, api_key=STASHDB_API_KEY, max_requests_per_minute=rate, port=port).start()
+    stashdb.load_world(library.stashdb)
     stash = FakeStash(library.world, session_cookie=SESSION_COOKIE).start()
     return stash, stashdb, library
 

@@ -62,21 +62,19 @@ class Fakes:
     """A generated library served by a fake Stash and a fake StashDB on loopback."""
 
     def __init__(self, scenes: int, seed: int, rate_per_minute: float, **options: Any) -> None:
-        from tests.conftest import free_port
         from tests.fakes.fake_stash import FakeStash
         from tests.fakes.fake_stashdb import FakeStashDB
         from tests.fakes.library import generate_library
 
         started = time.perf_counter()
-        port = free_port()
-        endpoint = f"http://127.0.0.1:{port}/graphql"
+        self.stashdb = FakeStashDB(None, api_key=STASHDB_API_KEY, max_requests_per_minute=rate_per_minute).start()
+        endpoint = self.stashdb.url
         self.library = generate_library(seed=seed, scenes=scenes, endpoint=endpoint, **options)
         self.library.world.stash_boxes = [{"endpoint": endpoint, "api_key": STASHDB_API_KEY, "name": "StashDB",
                                            "max_requests_per_minute": int(rate_per_minute)}]
         self.generate_s = time.perf_counter() - started
         self.rate_per_minute = rate_per_minute
-        self.stashdb = FakeStashDB(self.library.stashdb, api_key=STASHDB_API_KEY,
-                                   max_requests_per_minute=rate_per_minute, port=port).start()
+        self.stashdb.load_world(self.library.stashdb)
         self.stash = FakeStash(self.library.world, session_cookie=SESSION_COOKIE).start()
         self.before: dict[int, tuple[int, ...]] = {}
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -51,11 +52,13 @@ FROM sync_changes c JOIN sync_runs r ON r.id = c.run_id
 WHERE c.entity_type = 'scenes' AND c.entity_id = :id ORDER BY c.run_id, c.id"""
 
 
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+@contextmanager
+def refusing_port():
+    """A loopback port that refuses connections while the block runs: bound, never listening, so no
+    other test (or pytest worker) can take it meanwhile."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        yield holder.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------------------
@@ -144,12 +147,12 @@ def start_servers(scenes: int = 300, seed: int = 7, rate: float | None = STASHDB
 
     ``stash_options`` go to ``FakeStash`` (``plugins_dir`` for hook dispatch, ``sessions``, ``api_key``, ``tls``).
     """
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}/graphql"
+    stashdb = FakeStashDB(None, api_key=STASHDB_API_KEY, max_requests_per_minute=rate).start()
+    endpoint = stashdb.url  # listening before the library names it: no other test can take the port
     library = generate_library(seed=seed, scenes=scenes, endpoint=endpoint, **sizes)
     library.world.stash_boxes = [{"endpoint": endpoint, "api_key": STASHDB_API_KEY, "name": "StashDB",
                                   "max_requests_per_minute": int(rate or 0)}]
-    stashdb = FakeStashDB(library.stashdb, api_key=STASHDB_API_KEY, max_requests_per_minute=rate, port=port).start()
+    stashdb.load_world(library.stashdb)
     stash = FakeStash(library.world, session_cookie=SESSION_COOKIE, **(stash_options or {})).start()
     return Servers(library, stash, stashdb)
 
@@ -191,11 +194,26 @@ class PluginRun:
         return [line[len(prefix):] for line in self.stderr.splitlines() if line.startswith(prefix)]
 
 
-def run_plugin(stdin_document: dict | str, cwd: Path = ROOT, timeout: float = 120) -> PluginRun:
-    """Run tag_manager.py exactly as Stash does: a process with one JSON document on stdin."""
+# Runs tag_manager.py as __main__ with time.sleep answering at once: retry back-offs (seconds each)
+# are skipped, everything else is the plugin as Stash runs it.
+WITHOUT_SLEEPS = """
+import runpy, sys, time
+time.sleep = lambda seconds: None
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_plugin(stdin_document: dict | str, cwd: Path = ROOT, timeout: float = 120,
+               skip_sleeps: bool = False) -> PluginRun:
+    """Run tag_manager.py exactly as Stash does: a process with one JSON document on stdin.
+
+    ``skip_sleeps`` makes every ``time.sleep`` return at once, for runs that would wait out retry back-offs.
+    """
     text = stdin_document if isinstance(stdin_document, str) else json.dumps(stdin_document)
-    done = subprocess.run([sys.executable, str(ROOT / "tag_manager.py")], input=text, capture_output=True,
-                          text=True, cwd=cwd, timeout=timeout)
+    launcher = ["-c", WITHOUT_SLEEPS] if skip_sleeps else []
+    done = subprocess.run([sys.executable, *launcher, str(ROOT / "tag_manager.py")], input=text,
+                          capture_output=True, text=True, cwd=cwd, timeout=timeout)
     return PluginRun(done.returncode, done.stdout, done.stderr)
 
 

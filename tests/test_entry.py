@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.conftest import (
-    ROOT, SESSION_COOKIE, STASHDB_API_KEY, PluginRun, expected_additions, free_port, mutations_sent, run_plugin,
+    ROOT, SESSION_COOKIE, STASHDB_API_KEY, PluginRun, expected_additions, mutations_sent, refusing_port, run_plugin,
     scene_tags, stash_input, wait_for,
 )
 from tests.kill_harness import kill_then_rerun, start_plugin
@@ -75,9 +75,10 @@ def test_unknown_mode(servers, tmp_path):
 
 
 def test_stash_unreachable(tmp_path):
-    connection = {"Scheme": "http", "Host": "127.0.0.1", "Port": free_port(),
-                  "SessionCookie": {"Name": "session", "Value": SESSION_COOKIE}, "PluginDir": str(tmp_path)}
-    run = run_plugin({"server_connection": connection, "args": {"mode": "sync_scene_tags"}})
+    with refusing_port() as port:
+        connection = {"Scheme": "http", "Host": "127.0.0.1", "Port": port,
+                      "SessionCookie": {"Name": "session", "Value": SESSION_COOKIE}, "PluginDir": str(tmp_path)}
+        run = run_plugin({"server_connection": connection, "args": {"mode": "sync_scene_tags"}})
     assert run.returncode == 1 and "Could not reach Stash" in run.document["error"]
     assert SESSION_COOKIE not in run.stdout + run.stderr
 
@@ -154,14 +155,15 @@ def test_command_line_with_api_key(tmp_path):
     try:
         env = dict(os.environ, STASH_API_KEY="stash-API-key-SECRET-9")
         done = subprocess.run([sys.executable, str(ROOT / "tag_manager.py"), "sync_scene_tags", "--stash-url",
-                               servers.stash.url, "--dry-run"], capture_output=True, text=True, env=env, timeout=120)
+                               servers.stash.url, "--dry-run", "--plugin-dir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
         assert done.returncode == 0, done.stderr
         output = json.loads(done.stdout)["output"]
         assert output["dry_run"] is True and output["scenes_seen"] > 0
         assert "%" in done.stderr and "\x01" not in done.stderr
         assert "stash-API-key-SECRET-9" not in done.stdout + done.stderr
         refused = subprocess.run([sys.executable, str(ROOT / "tag_manager.py"), "sync_scene_tags", "--stash-url",
-                                  servers.stash.url, "--api-key", "wrong"], capture_output=True, text=True, timeout=60)
+                                  servers.stash.url, "--api-key", "wrong", "--plugin-dir", str(tmp_path)],
+                                 capture_output=True, text=True, timeout=60)
         assert refused.returncode == 1 and "refused" in json.loads(refused.stdout)["error"]
     finally:
         servers.stash.stop()

@@ -15,7 +15,7 @@ from tagman_base.stash_boxes import StashBox, stash_boxes_to_sync
 from stashdb_scene_sync import RATE_SAFETY_FACTOR, stashdb_client_for
 from tagman_base.run_context import RunContext
 from tag_manager import run_sync_scene_tags
-from tests.conftest import STASHDB_API_KEY, free_port, start_servers
+from tests.conftest import STASHDB_API_KEY, start_servers
 from tests.fakes.boxes import add_second_box
 from tests.fakes.fake_stashdb import FakeStashDB
 from tagman_base.errors import SettingsError
@@ -28,10 +28,9 @@ SECOND_RATE = 3000
 def two_boxes():
     """A 300-scene library linked to two fake stash-boxes (the second one at a lower rate)."""
     servers = start_servers(scenes=300, seed=21, rate=6000)
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}/graphql"
-    box_world = add_second_box(servers.library, endpoint, seed=21)
-    second = FakeStashDB(box_world, api_key=SECOND_KEY, max_requests_per_minute=SECOND_RATE, port=port).start()
+    second = FakeStashDB(None, api_key=SECOND_KEY, max_requests_per_minute=SECOND_RATE).start()
+    endpoint = second.url
+    second.load_world(add_second_box(servers.library, endpoint, seed=21))
     servers.library.world.stash_boxes.append({"endpoint": endpoint, "api_key": SECOND_KEY, "name": "Second Box",
                                               "max_requests_per_minute": SECOND_RATE})
     yield servers, second

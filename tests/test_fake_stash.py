@@ -661,8 +661,7 @@ def test_generated_library_served(tmp_path):
         assert len({s["id"] for s in seen}) == 180
 
 
-def test_free_port_helper_sanity():
-    # FakeStash binds an ephemeral port when none is given
+def test_fake_stash_binds_its_own_ephemeral_port():
     w = World()
     with FakeStash(w) as a, FakeStash(w) as b:
         assert a.port != b.port

@@ -102,7 +102,7 @@ class FakeStashDB:
 
     def __init__(
         self,
-        world: dict,
+        world: dict | None,
         api_key: str = DEFAULT_API_KEY,
         max_requests_per_minute: float | None = None,
         host: str = "127.0.0.1",
@@ -110,14 +110,13 @@ class FakeStashDB:
         tolerance_s: float = 0.02,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
-        self.world = world
         self.clock = clock
-        stamp_missing_updated(world)
         self.api_key = api_key
         self.max_requests_per_minute = max_requests_per_minute
         self.tolerance_s = tolerance_s
         self.schema = load_schema()
-        self.index = build_fingerprint_index(world)
+        if world is not None:
+            self.load_world(world)
         self._host, self._port = host, port
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -127,6 +126,12 @@ class FakeStashDB:
         self._last_accepted: float | None = None
         self.reset_counters()
 
+    def load_world(self, world: dict) -> None:
+        """Serve ``world``: a fake started without one (to learn its port first) is given it here."""
+        stamp_missing_updated(world)
+        self.world = world
+        self.index = build_fingerprint_index(world)
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> FakeStashDB:
@@ -135,6 +140,7 @@ class FakeStashDB:
             return self
         self._server = _Server((self._host, self._port), _Handler)
         self._server.fake = self
+        self._port = self._server.server_address[1]  # a restart comes back on the same port
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-stashdb", daemon=True
         )
