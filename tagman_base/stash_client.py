@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from tagman_base.errors import StashAuthError, StashError, StashQueryError, StashUnavailable
 from tagman_base.stash_boxes import StashBox
+from tagman_base.timestamps import http_date_epoch
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,9 @@ class StashClient:
         self.backoff = backoff
         self.requests_sent = 0
         self.session_keeper: Any = None  # stash_auth.SessionKeeper while a cookie is kept alive
+        # Stash's clock (its HTTP Date header, whole UTC seconds) when it answered the latest request:
+        # whatever Stash reads for a request sent afterwards, it reads at this time or later.
+        self.server_epoch: int | None = None
 
     def __repr__(self) -> str:
         return f"StashClient(url={self.url!r})"
@@ -103,6 +107,7 @@ class StashClient:
             response = self.session.post(self.url, json=body, timeout=self.timeout)
         except OSError as exc:  # requests' ConnectionError and Timeout are OSErrors too
             return f"{type(exc).__name__}"
+        self.server_epoch = http_date_epoch((getattr(response, "headers", None) or {}).get("Date")) or self.server_epoch
         if response.status_code in (401, 403):
             raise StashAuthError(
                 f"Stash refused the request (HTTP {response.status_code}) for {operation}. "
@@ -244,6 +249,7 @@ class LeanResponse:
     status_code: int
     content: bytes
     cookies: dict[str, str] = field(default_factory=dict)  # from Set-Cookie
+    headers: dict[str, str] = field(default_factory=dict)  # only those StashClient reads (Date)
 
     def json(self) -> Any:
         """Decode the body as JSON (raises ValueError when it is not)."""
@@ -279,7 +285,9 @@ class LeanSession:
         try:
             connection.request("POST", parts.path or "/", body=_json_bytes(json), headers=sent)
             answer = connection.getresponse()
-            return LeanResponse(answer.status, answer.read(), _set_cookies(answer.headers.get_all("Set-Cookie") or []))
+            date = answer.headers.get("Date")
+            return LeanResponse(answer.status, answer.read(), _set_cookies(answer.headers.get_all("Set-Cookie") or []),
+                                {"Date": date} if date else {})
         except http.client.HTTPException as exc:
             raise ConnectionError(f"bad HTTP answer: {type(exc).__name__}") from None
         finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
 
 from tagman_base.errors import SettingsError
 
@@ -35,6 +36,17 @@ def instant_or_none(text: str | None) -> datetime | None:
 def epoch_of(text: str) -> int:
     """UTC seconds of a Stash timestamp (sub-seconds dropped, as Stash stores whole seconds)."""
     return int(parse_stash_time(text).timestamp() // 1)
+
+
+def http_date_epoch(value: str | None) -> int | None:
+    """UTC seconds of an HTTP ``Date`` header (whole seconds, as servers send it); None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return int(moment.timestamp()) if moment.tzinfo is not None else None
 
 
 def utc_now() -> datetime:

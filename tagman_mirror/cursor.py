@@ -3,6 +3,18 @@
 The cursor is always a text Stash returned, never this machine's clock; it is written in the same
 transaction as the rows it covers. ``window_lower_bound`` turns it into the text filter of the next
 window.
+
+``checked_epoch`` is Stash's own clock (the HTTP ``Date`` of the answer before the pass's first
+request) when a window pass last re-read the cursor's second and listed its window with nothing
+left to fetch; moving the cursor or writing entity rows any other way clears it. It lets a smart
+sync skip two costs that only guard against edits racing the previous read:
+
+* **settled**: when Stash's clock had left the second of every mirrored row at or after the
+  cursor, an edit of such a row gets a later ``updated_at`` and shows in the window, so the
+  "recheck" re-read of those rows is unnecessary;
+* **quiet**: when it had gone ``QUIET_AFTER_S`` (26 h, the whole span of UTC offsets) past the
+  cursor, any later write, in any offset, renders a text greater than the cursor's own, so the
+  window can start at the cursor's text instead of 26 h of offsets below it.
 """
 
 from __future__ import annotations
@@ -15,6 +27,8 @@ from tagman_base.errors import SettingsError
 from tagman_base.timestamps import epoch_of
 
 MIN_OFFSET = timedelta(hours=-12)
+MAX_OFFSET = timedelta(hours=14)
+QUIET_AFTER_S = int((MAX_OFFSET - MIN_OFFSET).total_seconds()) + 1
 
 
 @dataclass(frozen=True)
@@ -28,6 +42,18 @@ class TypeCursor:
     full_next_page: int | None = None         # page a killed full pass resumes at; None when not in one
     full_cursor: str | None = None            # newest updated_at when that full pass started
     full_run_pending: bool = False            # a full sync covering this type was interrupted
+    checked_epoch: int | None = None          # Stash's clock when the cursor was last confirmed (see above)
+
+    def settled(self, newest_mirrored_epoch: int | None) -> bool:
+        """True when no mirrored row at or after the cursor can still change within its own second."""
+        if self.checked_epoch is None or self.cursor is None:
+            return False
+        return newest_mirrored_epoch is None or self.checked_epoch > newest_mirrored_epoch
+
+    def quiet(self) -> bool:
+        """True when every later write, in any UTC offset, compares greater than the cursor's text."""
+        return (self.checked_epoch is not None and self.cursor is not None
+                and self.checked_epoch >= epoch_of(self.cursor) + QUIET_AFTER_S)
 
 
 _COLUMNS = tuple(f.name for f in fields(TypeCursor))
@@ -54,7 +80,8 @@ class CursorStore:
                                 (entity_type,)).fetchone()
         if row is None:
             return TypeCursor(entity_type)
-        return TypeCursor(*row[:-1], full_run_pending=bool(row[-1]))
+        values = dict(zip(_COLUMNS, row))
+        return TypeCursor(**{**values, "full_run_pending": bool(values["full_run_pending"])})
 
     def set(self, entity_type: str, **values: object) -> None:
         """Update columns of the type's row, creating it when missing."""
@@ -71,7 +98,36 @@ class CursorStore:
             return
         current = self.get(entity_type).cursor
         if current is None or epoch_of(candidate) > epoch_of(current):
-            self.set(entity_type, cursor=candidate)
+            self.set(entity_type, cursor=candidate, checked_epoch=None)
+
+    def newest_at_cursor(self, state: TypeCursor) -> int | None:
+        """The newest ``updated_epoch`` of the type's mirrored rows at or after the cursor's second."""
+        return self.conn.execute(f"SELECT max(updated_epoch) FROM {state.entity_type} WHERE updated_epoch >= ?",
+                                 (epoch_of(state.cursor),)).fetchone()[0]
+
+    def recheck_ids(self, state: TypeCursor) -> list[int]:
+        """Mirrored entities at or after the cursor's second that an edit racing their read could have left stale."""
+        if state.cursor is None or state.settled(self.newest_at_cursor(state)):
+            return []
+        return [r[0] for r in self.conn.execute(
+            f"SELECT id FROM {state.entity_type} WHERE updated_epoch >= ? AND deleted_at IS NULL ORDER BY id",
+            (epoch_of(state.cursor),))]
+
+    def confirm(self, entity_type: str, checked: int) -> None:
+        """Store when Stash's clock confirmed the cursor, when that settles or quiets it further (else write nothing)."""
+        state = self.get(entity_type)
+        if state.cursor is None:
+            return
+        newest = self.newest_at_cursor(state)
+        later = TypeCursor(entity_type, cursor=state.cursor, checked_epoch=checked)
+        gains = (later.settled(newest) and not state.settled(newest)) or (later.quiet() and not state.quiet())
+        if state.checked_epoch is None or gains:
+            self.set(entity_type, checked_epoch=checked)
+
+    def unconfirm(self, entity_type: str) -> None:
+        """Forget when the type's cursor was confirmed: rows were written outside a window pass."""
+        self.conn.execute("UPDATE sync_state SET checked_epoch = NULL WHERE entity_type = ? "
+                          "AND checked_epoch IS NOT NULL", (entity_type,))
 
     def signals(self, entity_type: str) -> SignalState:
         """The type's ``mirror_signals`` state (the initial one when none is stored)."""
@@ -102,6 +158,11 @@ def window_lower_bound(epoch: int) -> str:
 def window_filter(epoch: int) -> dict:
     """Stash's ``updated_at`` filter of the window that starts at ``epoch``."""
     return {"updated_at": {"value": window_lower_bound(epoch), "modifier": "GREATER_THAN"}}
+
+
+def after_text_filter(cursor: str) -> dict:
+    """Stash's ``updated_at`` filter of what compares greater than the cursor's own text (a quiet cursor)."""
+    return {"updated_at": {"value": cursor, "modifier": "GREATER_THAN"}}
 
 
 def parse_since(since: str | None) -> int | None:

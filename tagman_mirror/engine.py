@@ -22,7 +22,9 @@ Why no update is missed (the cursor is always a text Stash returned, never this 
 * An entity edited again in the same second after it was fetched keeps its ``updated_at``.
   That can only happen to entities whose ``updated_at`` is at or after the cursor instant,
   because the cursor never exceeds Stash's clock at the time of fetching; those "recheck"
-  entities are re-read in full on every run and compared by content hash.
+  entities are re-read in full and compared by content hash, until Stash's clock (its ``Date``
+  header) shows it had left their second before they were last read; 26 h later the window
+  starts at the cursor's own text (``cursor.py``: settled and quiet cursors).
 * Deletions leave no trace: when Stash's count differs from the mirror's, the id sets are
   compared and vanished entities removed; whatever linked to them is queued for re-reading,
   which also repairs links rewritten by tag merges (which do not touch ``updated_at``); removed
@@ -45,7 +47,7 @@ from tagman_base.sqlite_util import atomic, chunks, rows_where_in
 from tagman_base.stash_client import StashClient
 from tagman_base.timestamps import epoch_of, local_text, utc_now
 from tagman_mirror import queries, signals
-from tagman_mirror.cursor import CursorStore, TypeCursor, window_filter
+from tagman_mirror.cursor import CursorStore, TypeCursor, after_text_filter, window_filter
 from tagman_mirror.derived import refresh_derived
 from tagman_mirror.entities import ENTITY_TYPES, SPEC_BY_TABLE, SPECS, EntitySpec, parse_entities
 from tagman_mirror.results import FULL, SMART, CacheOptions, TypeStats, TypeTally
@@ -100,6 +102,7 @@ class CacheSync:
         self.options = options or CacheOptions()
         self.clock = clock or utc_now
         self.recorder = ChangeRecorder(run_id=run_id, soft_delete=self.options.soft_delete, now_text=self._now_text)
+        self.confirmed: dict[str, int] = {}  # type -> Stash's clock before its pass (all its reads came later)
 
     def _now_text(self) -> str:
         """The run's clock as local ISO text (bookkeeping only)."""
@@ -131,6 +134,7 @@ class CacheSync:
             # deletions found in later types (e.g. a merged tag) queue earlier ones (e.g. studios);
             # types outside the run's scope keep their queue for a later run
             self._process_rereads(spec)
+        self._reconfirm()
         self._apply_retention()
         derived = refresh_derived(self.conn)
         log.debug(f"derived data refreshed: {derived}")
@@ -202,6 +206,7 @@ class CacheSync:
         resumed = page > 1
         if resumed:
             log.info(f"cache {spec.table}: resuming the full read at page {page}")
+        checked = None if resumed else self.stash.server_epoch  # every page below is read at this time or later
         if target is None:
             newest = self.stash.call(queries.LATEST[spec.table])[spec.find][spec.list_key]
             target = newest[0]["updated_at"] if newest else None
@@ -226,7 +231,9 @@ class CacheSync:
         with atomic(self.conn):
             self.cursors.set(spec.table, full_next_page=None, full_cursor=None, last_full_sync=self._now_text())
             if target is not None and not resumed:
-                self.cursors.set(spec.table, cursor=target)
+                self.cursors.set(spec.table, cursor=target, checked_epoch=checked)
+                if checked is not None:
+                    self.confirmed[spec.table] = checked
 
     def _pages(self, spec: EntitySpec, first: int) -> PagePrefetch[FetchedPage]:
         """Pages from ``first`` on, each fetched and mapped to mirror rows in a thread while the previous one is written.
@@ -247,11 +254,8 @@ class CacheSync:
 
     # -- incremental / smart ---------------------------------------------------------------
 
-    def _probe(self, spec: EntitySpec, window: dict, cursor_epoch: int | None) -> tuple[dict, set[int]]:
+    def _probe(self, spec: EntitySpec, window: dict, recheck: list[int]) -> tuple[dict, set[int]]:
         """The probe answer, after writing its recheck entities; with the recheck ids Stash no longer has."""
-        recheck = [] if cursor_epoch is None else [r[0] for r in self.conn.execute(
-            f"SELECT id FROM {spec.table} WHERE updated_epoch >= ? AND deleted_at IS NULL ORDER BY id",
-            (cursor_epoch,))]
         probe = self.stash.call_by_ids(
             queries.PROBE[spec.table], {"window": window, "recheck": [str(i) for i in recheck],
                                         "withRecheck": bool(recheck)},
@@ -267,16 +271,20 @@ class CacheSync:
     def _window_pass(self, spec: EntitySpec, state: TypeCursor, progress: Progress) -> None:
         """Probe, list the window, fetch what differs, reconcile deletions, advance the cursor."""
         stats = self.stats[spec.table]
+        checked = self.stash.server_epoch  # Stash reads everything below at this time or later
         cursor_epoch = epoch_of(state.cursor) if state.cursor else None
-        window = window_filter(self.since if self.since is not None else cursor_epoch)
-        probe, missing_recheck = self._probe(spec, window, cursor_epoch)
+        if self.since is None and state.quiet():
+            window = after_text_filter(state.cursor)
+        else:
+            window = window_filter(self.since if self.since is not None else cursor_epoch)
+        probe, missing_recheck = self._probe(spec, window, self.cursors.recheck_ids(state))
         stash_total, window_count = probe["total"]["count"], probe["window"]["count"]
         pending = self.conn.execute("SELECT count(*) FROM pending_reread WHERE entity_type = ?",
                                     (spec.table,)).fetchone()[0]
         in_step = stash_total == mirror_count(self.conn, spec.table) and not pending
         if self.mode == SMART and window_count == 0 and not missing_recheck and in_step:
             stats.skipped = stats.upserted == 0
-            self._finish_window(spec, None)
+            self._finish_window(spec, None, checked if self.since is None else None)
             return
         listing: list[dict] = []
         if window_count:
@@ -292,10 +300,11 @@ class CacheSync:
             stats.skipped = True
         if stash_total != mirror_count(self.conn, spec.table) or missing_recheck:
             self._reconcile(spec, allow_mass_delete=False)
-        self._finish_window(spec, newest if may_advance else None)
+        self._finish_window(spec, newest if may_advance else None,
+                            checked if self.since is None and cursor_epoch is not None else None)
 
-    def _finish_window(self, spec: EntitySpec, newest: str | None) -> None:
-        """Advance the cursor to the newest listed instant and record the pass time.
+    def _finish_window(self, spec: EntitySpec, newest: str | None, checked: int | None) -> None:
+        """Advance the cursor to the newest listed instant, record the pass time and when Stash's clock confirmed it.
 
         A smart pass that found the type unchanged writes nothing at all (its check is recorded
         in the run's sync_runs row only), so an idle smart sync leaves every table untouched.
@@ -304,6 +313,15 @@ class CacheSync:
             self.cursors.advance(spec.table, newest)
             if not self.stats[spec.table].skipped:
                 self.cursors.set(spec.table, last_incremental_sync=self._now_text())
+            if checked is not None:
+                self.confirmed[spec.table] = checked
+                self.cursors.confirm(spec.table, checked)
+
+    def _reconfirm(self) -> None:
+        """Confirm again what this run's own later reads (re-reads, signals) unconfirmed: they came after its clock too."""
+        with atomic(self.conn):
+            for table, checked in self.confirmed.items():
+                self.cursors.confirm(table, checked)
 
     def _changed(self, spec: EntitySpec, listing: list[dict]) -> list[tuple[int, str]]:
         """(id, updated_at) of listed entities to fetch, oldest first: new, changed, or forced by ``since``."""

@@ -11,6 +11,7 @@ Version 4 adds the watch service's tables (``watch_heartbeat``, ``sync_run_origi
 marker of an interrupted full sync into ``sync_state.full_run_pending``.
 Version 5 adds ``mirror_signals``: per file-owning type, the cursor of the file-change window and
 the position of the rolling re-verification (see ``signals.py``).
+Version 7 adds ``sync_state.checked_epoch`` (see ``cursor.py``).
 
 Every mirror table carries three guard triggers (INSERT, UPDATE, DELETE) that abort unless the
 connection has attached the in-memory database ``cache_writer`` — which only the sync's own
@@ -29,7 +30,7 @@ from tagman_base.errors import CacheSchemaError
 from tagman_base.sqlite_util import apply_migrations, schema_signature, schema_version  # noqa: F401 (the file's own version and signature)
 from tagman_mirror.entities import LINKS, SPECS
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 WRITER_SCHEMA = "cache_writer"
 READ_ONLY_MESSAGE = (
     "stash cache is a read-only mirror of Stash: change the data in Stash, then run "
@@ -223,6 +224,10 @@ V5_TABLES = ("mirror_signals",)
 # index on the owner column only doubled the work of each link written (the bulk of a sync's rows).
 _V6_LINK_INDEXES = [f"DROP INDEX IF EXISTS {link.table}_{link.owner}" for link in LINKS.values()]
 
+# checked_epoch: Stash's clock (its Date header) before the last pass that re-read the cursor's
+# second and listed the cursor's window; NULL once the cursor moved or another writer wrote rows.
+_V7_CHECKED = ["ALTER TABLE sync_state ADD COLUMN checked_epoch INTEGER"]
+
 MIRROR_TABLES = V1_TABLES + V2_TABLES + V3_TABLES + V5_TABLES
 
 
@@ -264,6 +269,8 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
      _V5_SIGNALS + _guards(V5_TABLES) + _added_columns(5)),
     (6, "link tables: drop the index on the owner column (the primary key starts with it)",
      _V6_LINK_INDEXES + _added_columns(6)),
+    (7, "when Stash's clock last confirmed each type's cursor (skips re-reading settled seconds)",
+     _V7_CHECKED + _added_columns(7)),
 ]
 
 

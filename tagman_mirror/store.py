@@ -13,6 +13,7 @@ from datetime import datetime
 
 from tagman_base.sqlite_util import atomic, chunks, rows_where_in
 from tagman_base.timestamps import instant_or_none, now_text
+from tagman_mirror.cursor import CursorStore
 from tagman_mirror.entities import ENTITY_TYPES, EntitySpec, references_to
 from tagman_mirror.schema import GUARD_LIFT_MIN_ROWS, guard_lifted
 from tagman_mirror.rows import Content, content_diff, load_contents, mirrored_content, owned_tables
@@ -164,6 +165,8 @@ def write_contents(conn: sqlite3.Connection, spec: EntitySpec, contents: list[Co
             _rewrite(conn, spec, plan.rewrite, [c.id for c in plan.rewrite if c.id in existing])
         if mark_dirty_rows:
             mark_dirty(conn, spec.table, [c.id for c in plan.rewrite] + plan.revived)
+        if plan.touch or plan.rewrite:
+            CursorStore(conn).unconfirm(spec.table)  # read at a time the cursor's confirmation does not cover
     return plan.counts.written
 
 

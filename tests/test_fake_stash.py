@@ -667,3 +667,14 @@ def test_fake_stash_binds_its_own_ephemeral_port():
         assert a.port != b.port
         with socket.create_connection(("127.0.0.1", a.port), timeout=2):
             pass
+
+
+def test_answers_carry_the_worlds_clock_in_a_date_header():
+    # Go's net/http writes Date (UTC, whole seconds) on every answer, after the handler's reads
+    from email.utils import parsedate_to_datetime
+
+    moment = datetime(2025, 7, 1, 8, 30, 15, 600000, tzinfo=timezone.utc)
+    w = World(clock=lambda: moment, offset=timedelta(hours=2))
+    with FakeStash(w) as server:
+        answer = requests.post(server.url, json={"query": "{ version { version } }"}, timeout=10)
+    assert parsedate_to_datetime(answer.headers["Date"]) == moment.replace(microsecond=0)

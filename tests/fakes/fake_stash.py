@@ -32,6 +32,7 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -1498,6 +1499,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args):  # noqa: A002 - quiet
         pass
+
+    def date_time_string(self, timestamp=None):
+        """The Date header from the world's clock, as Go's net/http writes it: UTC, whole seconds,
+        set when the answer is written (after the request's reads)."""
+        return format_datetime(self.server.fake.world.clock().astimezone(timezone.utc), usegmt=True)
 
     def setup(self):
         super().setup()

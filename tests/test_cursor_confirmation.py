@@ -1,0 +1,126 @@
+"""Stash's clock (its Date header) confirms a cursor: settled seconds are not re-read, quiet cursors list less.
+
+A smart sync re-reads the mirrored rows of the cursor's second ("recheck") in case an edit raced
+their read within that second, and lists a window reaching 26 h of UTC offsets below the cursor.
+Once Stash's clock has left that second, the re-read is skipped; once it is 26 h past it, the
+window starts at the cursor's own text. These tests pin that neither shortcut ever misses a write.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import timedelta
+
+import pytest
+
+from tagman_mirror.cursor import QUIET_AFTER_S
+from tagman_mirror.hook import run_cache_sync_scene
+from tagman_mirror.runs import cache_full_sync, cache_smart_sync
+from tests.conftest import ctx_for
+from tests.mirror_oracle import assert_mirror_equals
+
+
+def scene_probes(fake) -> list[dict]:
+    """Variables of the scene probes the fake answered, oldest first."""
+    return [variables for op, variables in fake.requests() if op == "TagManagerCacheScenesProbe"]
+
+
+def scene_listings(fake) -> list[dict]:
+    return [variables for op, variables in fake.requests() if op == "TagManagerCacheScenesListing"]
+
+
+def checked_epoch(db, table: str = "scenes") -> int | None:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT checked_epoch FROM sync_state WHERE entity_type = ?", (table,)).fetchone()[0]
+
+
+def smart_sync_seen_by(fake, stash, db):
+    """One smart sync; the scene probe and scene listings it sent."""
+    fake.clear_log()
+    cache_smart_sync(stash, db)
+    return scene_probes(fake)[-1], scene_listings(fake)
+
+
+def edit_scene_at_the_cursor(world, clock, stash, db, fake) -> None:
+    """Move the scene cursor to the clock's current second with an edit, and mirror it."""
+    world.update_entity("scene", 5, title="the cursor's second")
+    cache_smart_sync(stash, db)
+
+
+@pytest.fixture
+def mirrored(stash, db, clock):
+    """A mirror after a full sync, with the clock long past every entity's updated_at (the cursor is quiet)."""
+    cache_full_sync(stash, db)
+    return db
+
+
+def test_an_edit_racing_the_read_within_its_second_is_still_caught(mirrored, world, clock, stash, fake):
+    clock.tick(60)
+    edit_scene_at_the_cursor(world, clock, stash, mirrored, fake)
+    world.update_entity("scene", 5, title="again, in the same second")  # the clock has not moved
+    probe, _ = smart_sync_seen_by(fake, stash, mirrored)
+    assert probe["recheck"] == ["5"]  # Stash's clock had not left the second: re-read
+    assert_mirror_equals(mirrored, world)
+
+
+def test_a_settled_second_is_re_read_once_then_never(mirrored, world, clock, stash, fake):
+    clock.tick(60)
+    edit_scene_at_the_cursor(world, clock, stash, mirrored, fake)
+    clock.tick(1)
+    first, _ = smart_sync_seen_by(fake, stash, mirrored)
+    second, _ = smart_sync_seen_by(fake, stash, mirrored)
+    assert first["recheck"] == ["5"] and not second["withRecheck"]
+    world.update_entity("scene", 5, title="a later second shows in the window")
+    smart_sync_seen_by(fake, stash, mirrored)
+    assert_mirror_equals(mirrored, world)
+
+
+def test_quiet_cursor_lists_only_what_is_newer_than_its_text(mirrored, world, clock, stash, fake):
+    probe, listings = smart_sync_seen_by(fake, stash, mirrored)
+    assert not probe["withRecheck"] and listings == []  # an idle sync: one probe, nothing listed
+    cursor = probe["window"]["updated_at"]["value"]
+    with sqlite3.connect(mirrored) as conn:
+        assert conn.execute("SELECT cursor FROM sync_state WHERE entity_type = 'scenes'").fetchone()[0] == cursor
+
+
+@pytest.mark.parametrize("before, after", [(14, -12), (0, -1)])
+@pytest.mark.parametrize("confirmed_after", [2, 3600, QUIET_AFTER_S - 3600, QUIET_AFTER_S])
+@pytest.mark.parametrize("later_by", [1, 3600])
+def test_any_write_after_a_confirmed_cursor_is_caught_in_any_offset(stash, db, world, clock, fake, before, after,
+                                                                    confirmed_after, later_by):
+    # performers: the rolling re-verification of scenes, images and galleries would hide a miss
+    world.set_offset(timedelta(hours=before))
+    clock.tick(60)
+    world.update_entity("performer", 7, name="sets the cursor")
+    cache_full_sync(stash, db)
+    clock.tick(confirmed_after)
+    cache_smart_sync(stash, db)  # Stash's clock confirms the cursor this long after it
+    assert checked_epoch(db, "performers") is not None
+    world.set_offset(timedelta(hours=after))  # a time-zone move or DST change on the server
+    clock.tick(later_by)
+    world.update_entity("performer", 8, name="written after the offset changed")
+    world.update_entity("performer", 7, name="edited again")
+    smart_sync_seen_by(fake, stash, db)
+    assert_mirror_equals(db, world)
+
+
+def test_rows_written_outside_a_window_pass_unconfirm_the_cursor(mirrored, world, clock, stash, fake):
+    cache_smart_sync(stash, mirrored)
+    assert checked_epoch(mirrored) is not None
+    clock.tick(5)
+    world.update_entity("scene", 3, title="resynced alone")
+    run_cache_sync_scene(ctx_for(stash, mirrored, {"id": "3"}))
+    assert checked_epoch(mirrored) is None
+    probe, _ = smart_sync_seen_by(fake, stash, mirrored)
+    assert "3" in probe["recheck"]  # read by the one-scene sync within its second: re-read
+    assert_mirror_equals(mirrored, world)
+
+
+def test_without_a_date_header_nothing_is_skipped(mirrored, world, clock, stash, fake, monkeypatch):
+    monkeypatch.setattr("tagman_base.stash_client.http_date_epoch", lambda value: None)  # no Date header
+    clock.tick(60)
+    edit_scene_at_the_cursor(world, clock, stash, mirrored, fake)
+    clock.tick(QUIET_AFTER_S)
+    probe, listings = smart_sync_seen_by(fake, stash, mirrored)
+    assert probe["recheck"] == ["5"] and probe["window"]["updated_at"]["value"].endswith("-12:00")
+    assert_mirror_equals(mirrored, world)
