@@ -161,7 +161,7 @@ _V2_DERIVED = [
 V2_TABLES = ("image_inherited", "image_inherited_performers", "image_inherited_tags",
              "scene_inherited_tags", "image_counts", "pending_reread", "dirty")
 
-_DELETED_IMAGES = "(SELECT id FROM images WHERE deleted_at IS NOT NULL)"
+DELETED_IMAGES = "(SELECT id FROM images WHERE deleted_at IS NOT NULL)"
 
 _V3_CHANGES = (
     [f"ALTER TABLE {t} ADD COLUMN deleted_at TEXT" for t in ENTITY_TABLES]
@@ -181,13 +181,13 @@ _V3_CHANGES = (
        # image counts and other derived data ignore soft-deleted images
        "DROP VIEW image_effective_links",
        f"""CREATE VIEW image_effective_links (image_id, entity_type, entity_id) AS
-        SELECT image_id, 'tag', tag_id FROM image_tags WHERE image_id NOT IN {_DELETED_IMAGES}
+        SELECT image_id, 'tag', tag_id FROM image_tags WHERE image_id NOT IN {DELETED_IMAGES}
         UNION SELECT image_id, 'tag', tag_id FROM image_inherited_tags
-        UNION SELECT image_id, 'performer', performer_id FROM image_performers WHERE image_id NOT IN {_DELETED_IMAGES}
+        UNION SELECT image_id, 'performer', performer_id FROM image_performers WHERE image_id NOT IN {DELETED_IMAGES}
         UNION SELECT image_id, 'performer', performer_id FROM image_inherited_performers
         UNION SELECT id, 'studio', studio_id FROM images WHERE studio_id IS NOT NULL AND deleted_at IS NULL
         UNION SELECT image_id, 'studio', studio_id FROM image_inherited WHERE studio_id IS NOT NULL
-        UNION SELECT image_id, 'gallery', gallery_id FROM image_galleries WHERE image_id NOT IN {_DELETED_IMAGES}"""]
+        UNION SELECT image_id, 'gallery', gallery_id FROM image_galleries WHERE image_id NOT IN {DELETED_IMAGES}"""]
 )
 
 V3_TABLES = ("sync_changes",)

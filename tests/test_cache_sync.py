@@ -10,6 +10,7 @@ import pytest
 
 from tagman_mirror import schema
 from tagman_mirror.entities import SPECS
+from tagman_mirror.results import CacheOptions
 from tagman_mirror.runs import cache_full_sync, cache_incremental_sync, cache_smart_sync
 from tests.mirror_oracle import assert_mirror_equals, derived_tables, fresh_full
 
@@ -166,6 +167,24 @@ def test_derived_data_is_the_same_whichever_mode_produced_it(stash, world, db, c
         counts = dict(conn.execute("SELECT entity_id, image_count FROM image_counts WHERE entity_type='gallery'"))
         direct = dict(conn.execute("SELECT gallery_id, count(*) FROM image_galleries GROUP BY gallery_id"))
     assert counts == direct
+
+
+def test_image_counts_equal_the_distinct_pairs_of_the_effective_links_view(stash, world, db, clock):
+    gid = world.add_entity("gallery", title="G", studio_id=1, performer_ids=[1, 2], tag_ids=[2, 3])
+    world.add_entity("image", title="inherits", gallery_ids=[gid])
+    world.add_entity("image", title="own links", gallery_ids=[gid], studio_id=2, performer_ids=[1], tag_ids=[2, 4])
+    gone = world.add_entity("image", title="soft-deleted", gallery_ids=[gid], tag_ids=[4])
+    cache_full_sync(stash, db, options=CacheOptions(soft_delete=True))
+    clock.tick(10)
+    world.delete_entity("image", gone)
+    world.update_entity("gallery", gid, tag_ids=[3, 5])
+    cache_smart_sync(stash, db, options=CacheOptions(soft_delete=True))
+    with sqlite3.connect(db) as conn:
+        counts = set(conn.execute("SELECT entity_type, entity_id, image_count FROM image_counts"))
+        view = set(conn.execute("SELECT entity_type, entity_id, count(DISTINCT image_id) FROM image_effective_links "
+                                "GROUP BY entity_type, entity_id"))
+        assert conn.execute("SELECT count(*) FROM images WHERE deleted_at IS NOT NULL").fetchone()[0] == 1
+    assert counts == view
 
 
 def test_image_inherits_only_what_it_lacks(stash, world, db):
