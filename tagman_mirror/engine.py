@@ -50,6 +50,7 @@ from tagman_mirror import queries, signals
 from tagman_mirror.cursor import CursorStore, TypeCursor, after_text_filter, window_filter
 from tagman_mirror.derived import refresh_derived
 from tagman_mirror.entities import ENTITY_TYPES, SPEC_BY_TABLE, SPECS, EntitySpec, parse_entities
+from tagman_mirror.id_compare import compare_ids
 from tagman_mirror.results import FULL, SMART, CacheOptions, TypeStats, TypeTally
 from tagman_mirror.store import (
     ChangeRecorder, delete_entities, forget_rereads, mirror_count, prune_change_log, purge_soft_deleted,
@@ -374,16 +375,11 @@ class CacheSync:
     def _reconcile(self, spec: EntitySpec, allow_mass_delete: bool) -> None:
         """Compare the id sets: delete what Stash no longer has (with its links), fetch what the mirror lacks."""
         stats = self.stats[spec.table]
-        listing = self.stash.call(queries.LISTING[spec.table],
-                                  {"window": None, "filter": {"per_page": -1, "sort": "id", "direction": "ASC"}}
-                                  )[spec.find][spec.list_key]
-        stash_ids = {int(i["id"]) for i in listing}
-        mirror_ids = {r[0] for r in self.conn.execute(f"SELECT id FROM {spec.table} WHERE deleted_at IS NULL")}
-        gone = sorted(mirror_ids - stash_ids)
-        missing = sorted(stash_ids - mirror_ids)
+        found = compare_ids(self.conn, self.stash, spec)
+        gone = found.gone
         stats.skipped = False
-        if gone and not allow_mass_delete and len(gone) * 2 > len(mirror_ids):
-            self._refuse_mass_deletion(spec, len(gone), len(mirror_ids))
+        if gone and not allow_mass_delete and len(gone) * 2 > found.mirrored:
+            self._refuse_mass_deletion(spec, len(gone), found.mirrored)
             gone = []
         for chunk in chunks(gone, 1000):
             with atomic(self.conn):
@@ -392,9 +388,8 @@ class CacheSync:
         if gone:
             how = "marked deleted" if self.options.soft_delete else "removed"
             log.info(f"cache {spec.table}: {how} {len(gone)} entities Stash no longer has")
-        if missing:
-            updated = {int(i["id"]): i["updated_at"] for i in listing}
-            self._fetch_ids(spec, [(i, updated[i]) for i in missing], no_progress, advance_cursor=False)
+        if found.missing:
+            self._fetch_ids(spec, [(i, None) for i in found.missing], no_progress, advance_cursor=False)
 
     def _refuse_mass_deletion(self, spec: EntitySpec, gone: int, mirrored: int) -> None:
         """Warn instead of deleting more than half of a type outside a full sync."""
