@@ -215,8 +215,10 @@ def _apply_verification(sync: CacheSync, spec: EntitySpec, found: dict, stash_to
     count_before = mirror_count(sync.conn, spec.table)
     if items:
         _write(sync, spec, items)
+    # only the slice's own range: reading every id above it made an idle run grow with the library
     mirror_ids = [r[0] for r in sync.conn.execute(
-        f"SELECT id FROM {spec.table} WHERE id > ? AND deleted_at IS NULL", (after,))]
+        f"SELECT id FROM {spec.table} WHERE id > ? AND id <= ? AND deleted_at IS NULL",
+        (after, upper if upper is not None else 2**63 - 1))]
     gone = verified_range_gone(mirror_ids, returned, after, upper)
     # Removed here only when the counts agreed: then some other entity was missing too (a paging
     # hole). Differing counts are the count comparison's to settle (it guards against mass deletion).
