@@ -501,6 +501,22 @@ def silent_only(scale: float, workdir: Path) -> None:
         server.stop()
 
 
+def full_only(scales: list[float], workdir: Path) -> None:
+    """One full sync per scale, with a tenth of the largest as the reference: peak RSS and CPU only."""
+    sizes = [scales[-1] / 10, *scales] if len(scales) == 1 else scales
+    runs = {}
+    for scale in sizes:
+        server = FakeServer(scaled(scale))
+        try:
+            runs[scale] = child("full", server.url, str(workdir / f"full-{scale:g}.sqlite3"))
+        finally:
+            server.stop()
+        print(f"scale {scale:g}: full sync {runs[scale]['seconds']:.1f} s, {runs[scale]['cpu_s']:.1f} s CPU, "
+              f"peak RSS {runs[scale]['rss_mb']:.1f} MB", flush=True)
+    ratio = runs[sizes[-1]]["rss_mb"] / runs[sizes[0]]["rss_mb"]
+    print(f"peak RSS scale {sizes[-1]:g} / scale {sizes[0]:g}: {ratio:.2f}    bound <= 1.5  {verdict(ratio <= 1.5)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -512,15 +528,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db")
     parser.add_argument("--extra", default="{}")
     parser.add_argument("--silent-only", action="store_true")
+    parser.add_argument("--full-only", action="store_true",
+                        help="one full sync per scale (e.g. --scales 0.3,3): CPU and peak RSS only")
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(run_child(args.child, args.url, args.db, json.loads(args.extra))))
         return 0
     scales = [args.scale] if args.scale else sorted(float(x) for x in args.scales.split(","))
     workdir = Path(tempfile.mkdtemp(prefix="bench-cache-"))
-    if args.silent_only:
+    if args.silent_only or args.full_only:
         try:
-            silent_only(args.scale, workdir)
+            silent_only(args.scale, workdir) if args.silent_only else full_only(scales, workdir)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         return 0
