@@ -144,6 +144,21 @@ class CursorStore:
                           "verify_after = excluded.verify_after",
                           (state.entity_type, state.files_cursor, state.verify_after))
 
+    def phash_missing(self) -> int | None:
+        """The mirror's stored count of live scenes missing a phash (None: not counted since scenes were written)."""
+        row = self.conn.execute("SELECT phash_missing FROM mirror_signals WHERE entity_type = 'scenes'").fetchone()
+        return row[0] if row else None
+
+    def set_phash_missing(self, count: int) -> None:
+        """Store that count (on the scenes' ``mirror_signals`` row, created when missing)."""
+        self.conn.execute("INSERT INTO mirror_signals (entity_type, phash_missing) VALUES ('scenes', ?) "
+                          "ON CONFLICT(entity_type) DO UPDATE SET phash_missing = excluded.phash_missing", (count,))
+
+    def forget_phash_missing(self) -> None:
+        """Scenes were written: the stored count may be wrong."""
+        self.conn.execute("UPDATE mirror_signals SET phash_missing = NULL WHERE entity_type = 'scenes' "
+                          "AND phash_missing IS NOT NULL")
+
     def pending_full(self) -> set[str]:
         """Types of an interrupted full sync."""
         return {r[0] for r in self.conn.execute("SELECT entity_type FROM sync_state WHERE full_run_pending")}

@@ -11,7 +11,7 @@ Version 4 adds the watch service's tables (``watch_heartbeat``, ``sync_run_origi
 marker of an interrupted full sync into ``sync_state.full_run_pending``.
 Version 5 adds ``mirror_signals``: per file-owning type, the cursor of the file-change window and
 the position of the rolling re-verification (see ``signals.py``).
-Version 7 adds ``sync_state.checked_epoch`` (see ``cursor.py``).
+Version 7 adds ``sync_state.checked_epoch`` (see ``cursor.py``) and ``mirror_signals.phash_missing``.
 
 Every mirror table carries three guard triggers (INSERT, UPDATE, DELETE) that abort unless the
 connection has attached the in-memory database ``cache_writer`` — which only the sync's own
@@ -226,7 +226,10 @@ _V6_LINK_INDEXES = [f"DROP INDEX IF EXISTS {link.table}_{link.owner}" for link i
 
 # checked_epoch: Stash's clock (its Date header) before the last pass that re-read the cursor's
 # second and listed the cursor's window; NULL once the cursor moved or another writer wrote rows.
-_V7_CHECKED = ["ALTER TABLE sync_state ADD COLUMN checked_epoch INTEGER"]
+# mirror_signals.phash_missing: the mirror's count of live scenes missing a phash (NULL once scenes
+# were written since), so an idle sync need not count them again
+_V7_CHECKED = ["ALTER TABLE sync_state ADD COLUMN checked_epoch INTEGER",
+               "ALTER TABLE mirror_signals ADD COLUMN phash_missing INTEGER"]
 
 MIRROR_TABLES = V1_TABLES + V2_TABLES + V3_TABLES + V5_TABLES
 
@@ -269,7 +272,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
      _V5_SIGNALS + _guards(V5_TABLES) + _added_columns(5)),
     (6, "link tables: drop the index on the owner column (the primary key starts with it)",
      _V6_LINK_INDEXES + _added_columns(6)),
-    (7, "when Stash's clock last confirmed each type's cursor (skips re-reading settled seconds)",
+    (7, "when Stash's clock last confirmed each type's cursor; the mirror's count of scenes missing a phash",
      _V7_CHECKED + _added_columns(7)),
 ]
 

@@ -244,9 +244,17 @@ def _mirror_phash_missing(conn: sqlite3.Connection) -> set[int]:
 
 
 def _apply_phash_check(sync: CacheSync, stash_missing: int) -> None:
-    """When Stash's count of scenes missing a phash differs, re-read the scenes whose phash state differs."""
+    """When Stash's count of scenes missing a phash differs, re-read the scenes whose phash state differs.
+
+    The mirror's count is stored until scenes are written again, so an idle run does not count.
+    """
+    stored = sync.cursors.phash_missing()
+    if stored is not None and stored == stash_missing:
+        return
     mirror_missing = _mirror_phash_missing(sync.conn)
     if stash_missing == len(mirror_missing):
+        with atomic(sync.conn):
+            sync.cursors.set_phash_missing(len(mirror_missing))
         return
     listed = sync.stash.call(queries.PHASH_MISSING_IDS)["findScenes"]["scenes"]
     stash_set = {int(s["id"]) for s in listed}

@@ -166,8 +166,17 @@ def write_contents(conn: sqlite3.Connection, spec: EntitySpec, contents: list[Co
         if mark_dirty_rows:
             mark_dirty(conn, spec.table, [c.id for c in plan.rewrite] + plan.revived)
         if plan.touch or plan.rewrite:
-            CursorStore(conn).unconfirm(spec.table)  # read at a time the cursor's confirmation does not cover
+            _forget_counts(conn, spec.table)
     return plan.counts.written
+
+
+def _forget_counts(conn: sqlite3.Connection, table: str) -> None:
+    """Rows of ``table`` changed: forget the cursor's confirmation (they were read at a time it does not
+    cover) and, for scenes, the stored count of scenes missing a phash."""
+    cursors = CursorStore(conn)
+    cursors.unconfirm(table)
+    if table == "scenes":
+        cursors.forget_phash_missing()
 
 
 def _rows_to_write(plan: _WritePlan) -> int:
@@ -247,6 +256,7 @@ def delete_entities(conn: sqlite3.Connection, spec: EntitySpec, ids: Sequence[in
     else:
         removed = _remove_rows(conn, spec, ids)
     mark_dirty(conn, spec.table, ids)
+    _forget_counts(conn, spec.table)
     if recorder is not None:
         recorder.tally(spec.table).deleted += len(present)
         recorder.log(conn, [(spec.table, i, "deleted", None, None, None) for i in present])

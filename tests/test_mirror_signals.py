@@ -110,6 +110,29 @@ def test_phash_generation(mode, stash, world, db, clock, only_signals):
     assert_mirror_equals(db, world)
 
 
+def test_phash_count_is_stored_until_scenes_are_written_and_a_change_after_it_is_found(stash, world, db, clock,
+                                                                                       only_signals, monkeypatch):
+    old = "2024-05-01T00:00:00Z"
+    sid = world.add_entity("scene", title="scanned", created_at=old, updated_at=old,
+                           files=[{"path": "/new/y.mp4", "size": 3, "duration": 1.0, "updated_at": old}])
+    synced_an_hour_ago(stash, db, clock)
+    cache_smart_sync(stash, db)  # counts once and stores the count
+    counted = []
+    monkeypatch.setattr(signals, "_mirror_phash_missing",
+                        lambda conn, real=signals._mirror_phash_missing: counted.append(1) or real(conn))
+    cache_smart_sync(stash, db)
+    assert counted == []  # idle: the stored count answers
+    world.set_phash(first_file(world, "scene", sid), "5678abcd")  # no updated_at moves
+    cache_smart_sync(stash, db)
+    assert counted  # the count no longer matched Stash: counted, and the scene re-read
+    assert_mirror_equals(db, world)
+    world.update_entity("scene", 2, title="a scene written")  # any scene write forgets the stored count
+    cache_smart_sync(stash, db)
+    with sqlite3.connect(db) as conn:
+        stored = conn.execute("SELECT phash_missing FROM mirror_signals WHERE entity_type = 'scenes'").fetchone()[0]
+    assert stored == len(signals._mirror_phash_missing(sqlite3.connect(db)))
+
+
 @pytest.mark.parametrize("mode", sorted(SYNCS))
 def test_scene_merge(mode, stash, world, db, clock, only_signals):
     synced_an_hour_ago(stash, db, clock)
