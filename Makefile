@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_tag_sync.py
 	$(PY) bench/bench_tag_sync_reruns.py
 	$(PY) bench/bench_cache.py
+	$(PY) bench/idle_smart_cpu.py 1 3
 	$(PY) bench/bench_hook.py
 	$(PY) bench/bench_tag_links.py
 	$(PY) bench/bench_hooks_cost.py
