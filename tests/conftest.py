@@ -167,6 +167,15 @@ def servers():
 
 
 @pytest.fixture
+def fast_servers():
+    """A 300-scene library with both fakes running; StashDB fast enough that its limiter never waits long."""
+    running = start_servers(rate=6000)
+    yield running
+    running.stash.stop()
+    running.stashdb.stop()
+
+
+@pytest.fixture
 def small_servers():
     """A small library (with images and galleries) for cache runs through the entry point."""
     running = start_servers(scenes=120, seed=9, images=150, galleries=15)

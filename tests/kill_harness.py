@@ -48,3 +48,8 @@ def kill_then_rerun(stdin_document: dict, ready: Callable[[], bool]) -> tuple[bo
     """Kill one run at the chosen moment, then run the same job to completion."""
     killed = kill_when(start_plugin(stdin_document), ready)
     return killed, run_plugin(stdin_document)
+
+
+def after_stash_requests(operation: str, n: int):
+    """A kill condition factory: ready once the fake Stash answered ``n`` requests of ``operation``."""
+    return lambda servers: (lambda: servers.stash.count(operation) >= n)

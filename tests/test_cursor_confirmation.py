@@ -41,7 +41,7 @@ def smart_sync_seen_by(fake, stash, db):
     return scene_probes(fake)[-1], scene_listings(fake)
 
 
-def edit_scene_at_the_cursor(world, clock, stash, db, fake) -> None:
+def edit_scene_at_the_cursor(world, stash, db) -> None:
     """Move the scene cursor to the clock's current second with an edit, and mirror it."""
     world.update_entity("scene", 5, title="the cursor's second")
     cache_smart_sync(stash, db)
@@ -56,7 +56,7 @@ def mirrored(stash, db, clock):
 
 def test_an_edit_racing_the_read_within_its_second_is_still_caught(mirrored, world, clock, stash, fake):
     clock.tick(60)
-    edit_scene_at_the_cursor(world, clock, stash, mirrored, fake)
+    edit_scene_at_the_cursor(world, stash, mirrored)
     world.update_entity("scene", 5, title="again, in the same second")  # the clock has not moved
     probe, _ = smart_sync_seen_by(fake, stash, mirrored)
     assert probe["recheck"] == ["5"]  # Stash's clock had not left the second: re-read
@@ -65,7 +65,7 @@ def test_an_edit_racing_the_read_within_its_second_is_still_caught(mirrored, wor
 
 def test_a_settled_second_is_re_read_once_then_never(mirrored, world, clock, stash, fake):
     clock.tick(60)
-    edit_scene_at_the_cursor(world, clock, stash, mirrored, fake)
+    edit_scene_at_the_cursor(world, stash, mirrored)
     clock.tick(1)
     first, _ = smart_sync_seen_by(fake, stash, mirrored)
     second, _ = smart_sync_seen_by(fake, stash, mirrored)
@@ -119,7 +119,7 @@ def test_rows_written_outside_a_window_pass_unconfirm_the_cursor(mirrored, world
 def test_without_a_date_header_nothing_is_skipped(mirrored, world, clock, stash, fake, monkeypatch):
     monkeypatch.setattr("tagman_base.stash_client.http_date_epoch", lambda value: None)  # no Date header
     clock.tick(60)
-    edit_scene_at_the_cursor(world, clock, stash, mirrored, fake)
+    edit_scene_at_the_cursor(world, stash, mirrored)
     clock.tick(QUIET_AFTER_S)
     probe, listings = smart_sync_seen_by(fake, stash, mirrored)
     assert probe["recheck"] == ["5"] and probe["window"]["updated_at"]["value"].endswith("-12:00")

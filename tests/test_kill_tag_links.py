@@ -7,7 +7,7 @@ import random
 import pytest
 
 from tests.conftest import start_servers
-from tests.kill_harness import kill_then_rerun
+from tests.kill_harness import after_stash_requests, kill_then_rerun
 from tests.tag_link_model import expected_after, oracle, prepare_for_linking, remote_tags, stash_id_pairs, tag_rows
 
 
@@ -46,10 +46,6 @@ def kill_and_converge(tmp_path, ready_factory, dry_run=False, seed=11) -> tuple[
     finally:
         servers.stash.stop()
         servers.stashdb.stop()
-
-
-def after_stash_requests(operation: str, n: int):
-    return lambda servers: (lambda: servers.stash.count(operation) >= n)
 
 
 def after_stashdb_requests(n: int):

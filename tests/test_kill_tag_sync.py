@@ -7,7 +7,7 @@ import random
 import pytest
 
 from tests.conftest import expected_additions, scene_tags, start_servers, stash_input
-from tests.kill_harness import kill_after_delay, kill_then_rerun, start_plugin
+from tests.kill_harness import after_stash_requests, kill_after_delay, kill_then_rerun, start_plugin
 
 
 def assert_only_allowed_changes(before, after, expected) -> None:
@@ -36,10 +36,6 @@ def kill_and_converge(tmp_path, ready_factory, dry_run=False, seed=5):
     finally:
         servers.stash.stop()
         servers.stashdb.stop()
-
-
-def after_stash_requests(operation: str, n: int):
-    return lambda servers: (lambda: servers.stash.count(operation) >= n)
 
 
 def after_stashdb_requests(n: int):

@@ -11,16 +11,13 @@ from tagman_base import stash_client
 from tagman_base.settings import Settings
 from tagman_base.run_context import RunContext
 from tag_manager import run_sync_scene_tags
-from tests.conftest import run_plugin, start_servers
+from tests.conftest import run_plugin
 
 
 @pytest.fixture
-def servers():
-    """A 300-scene library with both fakes running; StashDB fast enough that its limiter never waits long."""
-    running = start_servers(rate=6000)
-    yield running
-    running.stash.stop()
-    running.stashdb.stop()
+def servers(fast_servers):
+    """This file's tests run on the library whose StashDB never makes the limiter wait long."""
+    return fast_servers
 
 
 def context(servers, tmp_path: Path, **args) -> RunContext:

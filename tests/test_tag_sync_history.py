@@ -14,17 +14,14 @@ from tagman_tagsync import history_schema as tag_sync_history_schema
 from tagman_base.settings import Settings
 from tagman_base.run_context import RunContext
 from tag_manager import run_reset_sync_history, run_sync_scene_tags
-from tests.conftest import Servers, start_servers
+from tests.conftest import Servers
 from tagman_base.errors import SyncHistoryError
 
 
 @pytest.fixture
-def servers():
-    """A 300-scene library with both fakes running; StashDB fast enough that its limiter never waits long."""
-    running = start_servers(rate=6000)
-    yield running
-    running.stash.stop()
-    running.stashdb.stop()
+def servers(fast_servers):
+    """This file's tests run on the library whose StashDB never makes the limiter wait long."""
+    return fast_servers
 
 
 def scene_tags(servers: Servers) -> dict[int, set[int]]:
