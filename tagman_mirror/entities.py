@@ -37,6 +37,11 @@ def _ref_id(value: Any) -> int | None:
     return int(value["id"]) if value else None
 
 
+def _path_of(value: Any) -> str | None:
+    """The ``path`` of a ``{path}`` object, or None."""
+    return value.get("path") if value else None
+
+
 def ids_of(objs: Any) -> list[int]:
     """Distinct integer ids of a list of ``{id}`` objects, in Stash's order."""
     return list(dict.fromkeys(int(o["id"]) for o in objs or []))
@@ -44,43 +49,49 @@ def ids_of(objs: Any) -> list[int]:
 
 @dataclass(frozen=True)
 class Column:
-    """One entity-table column: its SQLite declaration, GraphQL selection and reader."""
+    """One entity-table column: its SQLite declaration, GraphQL selection and where its value comes from.
+
+    The value is the answer's ``key`` field, passed through ``convert`` when the column stores it
+    in another form (``None``: as Stash sends it).
+    """
 
     name: str
     sql: str                        # "TEXT NOT NULL", "INTEGER"
     gql: str                        # selection that fetches it ("name", "studio { id }")
-    read: Reader                    # value of the column from one Stash item
+    key: str                        # the answer's field the value is read from
+    convert: Callable[[Any], Any] | None = None   # the stored form of that field's value
     references: str | None = None   # entity table whose id this column holds
     since: int = 1                  # schema version that added the column
+
+    def read(self, item: dict) -> Any:
+        """The column's value for one Stash item."""
+        value = item.get(self.key)
+        return value if self.convert is None else self.convert(value)
 
 
 def text(name: str, required: bool = False, gql: str | None = None) -> Column:
     """A text (or date) field read as Stash sends it."""
-    key = gql or name
-    if required:
-        return Column(name, "TEXT NOT NULL", key, lambda item: item[key])
-    return Column(name, "TEXT", key, lambda item: item.get(key))
+    return Column(name, "TEXT NOT NULL" if required else "TEXT", gql or name, gql or name)
 
 
 def integer(name: str) -> Column:
     """An integer field read as Stash sends it."""
-    return Column(name, "INTEGER", name, lambda item: item.get(name))
+    return Column(name, "INTEGER", name, name)
 
 
 def flag(name: str) -> Column:
     """A boolean stored as 0/1."""
-    return Column(name, "INTEGER NOT NULL DEFAULT 0", name, lambda item: _flag(item.get(name)))
+    return Column(name, "INTEGER NOT NULL DEFAULT 0", name, name, _flag)
 
 
 def json_list(name: str, gql: str | None = None) -> Column:
     """A list field stored as a JSON array."""
-    key = gql or name
-    return Column(name, "TEXT NOT NULL DEFAULT '[]'", key, lambda item: _json_list(item.get(key)))
+    return Column(name, "TEXT NOT NULL DEFAULT '[]'", gql or name, gql or name, _json_list)
 
 
 def reference(name: str, gql_field: str, target: str) -> Column:
     """The id of one related entity (``studio { id }`` as ``studio_id``)."""
-    return Column(name, "INTEGER", f"{gql_field} {{ id }}", lambda item: _ref_id(item.get(gql_field)), target)
+    return Column(name, "INTEGER", f"{gql_field} {{ id }}", gql_field, _ref_id, target)
 
 
 @dataclass(frozen=True)
@@ -210,7 +221,7 @@ SPECS: tuple[EntitySpec, ...] = (
         reference("studio_id", "studio", "studios"), text("director"), text("synopsis"), json_list("urls")),
         links=(id_link("group_tags", "group_id", "tag_id", "tags", "tags"),)),
     EntitySpec("galleries", "gallery", "Galleries", "GalleryFilterType", (
-        *_MEDIA, Column("folder_path", "TEXT", "folder { path }", lambda item: (item.get("folder") or {}).get("path"))),
+        *_MEDIA, Column("folder_path", "TEXT", "folder { path }", "folder", _path_of)),
         links=(id_link("gallery_tags", "gallery_id", "tag_id", "tags", "tags"),
                id_link("gallery_performers", "gallery_id", "performer_id", "performers", "performers")),
         files=Files("gallery_files", "gallery_id", (("path", "TEXT NOT NULL"),), "files { path }", _gallery_files)),

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import marshal
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from tagman_base.sqlite_util import rows_where_in
@@ -37,20 +39,51 @@ class Content:
         return self.row[0]
 
 
-def entity_row(spec: EntitySpec, item: dict) -> tuple:
-    """The entity table row of one item (columns of ``spec`` + created/updated, without the hash)."""
-    return (int(item["id"]), *[read(item) for read in _mapper(spec).readers], item["created_at"], item["updated_at"])
-
-
 @dataclass(frozen=True)
 class _Mapper:
-    """A spec's readers, gathered once: the per-item work of a sync is this mapping."""
+    """A spec's mapping, gathered once: the per-item work of a sync is this mapping."""
 
     spec: EntitySpec
-    readers: tuple[Callable[[dict], Any], ...]
-    links: tuple[tuple[str, str | None, Callable[[dict], list]], ...]   # (table, plain {id} field, rows)
+    keys: tuple[str, ...]                                 # answer fields of the row, in column order
+    conversions: tuple[tuple[int, Callable[[Any], Any]], ...]   # (position in the row, stored form)
+    id_links: tuple[tuple[str, str], ...]                 # (table, ``{id}`` list field) of plain links
+    row_links: tuple[tuple[str, Callable[[dict], list]], ...]   # (table, rows reader) of links with extras
+
+    @classmethod
+    def of(cls, spec: EntitySpec) -> _Mapper:
+        """The mapping of ``spec``: its columns' fields and converters, its links split by kind."""
+        columns = spec.fields
+        keys = ("id", *(c.key for c in columns), "created_at", "updated_at")
+        conversions = ((0, int), *((pos, c.convert) for pos, c in enumerate(columns, 1) if c.convert is not None))
+        id_links = tuple((link.table, link.id_field) for link in spec.links if link.id_field is not None)
+        row_links = tuple((link.table, link.rows) for link in spec.links if link.id_field is None)
+        return cls(spec, keys, conversions, id_links, row_links)
+
+    def row(self, item: dict) -> tuple:
+        """The entity table row of one item."""
+        values = list(map(item.get, self.keys))
+        for pos, convert in self.conversions:
+            values[pos] = convert(values[pos])
+        return tuple(values)
+
+    def sets(self, item: dict, eid: int) -> dict[str, list]:
+        """The rows of every table the item owns, each table's rows sorted (files: by position)."""
+        out: dict[str, list] = {}
+        for table, field in self.id_links:
+            targets = item.get(field)
+            out[table] = [(eid, t) for t in sorted(set(map(int, map(_ID, targets))))] if targets else []
+        for table, rows in self.row_links:  # rows of one table differ in their key: sorting compares no None
+            out[table] = sorted([(eid, *values) for values in rows(item)])
+        spec = self.spec
+        if spec.files:
+            out[spec.files.table] = [(eid, *values) for values in spec.files.rows(item)]
+        if spec.has_stash_ids:
+            ids = item.get("stash_ids")
+            out["stash_ids"] = sorted({(spec.kind, eid, s["endpoint"], s["stash_id"]) for s in ids}) if ids else []
+        return out
 
 
+_ID = itemgetter("id")
 _MAPPERS: dict[str, _Mapper] = {}
 
 
@@ -58,10 +91,13 @@ def _mapper(spec: EntitySpec) -> _Mapper:
     """The mapper of ``spec`` (built on first use)."""
     mapper = _MAPPERS.get(spec.table)
     if mapper is None or mapper.spec is not spec:
-        mapper = _Mapper(spec, tuple(c.read for c in spec.fields),
-                         tuple((link.table, link.id_field, link.rows) for link in spec.links))
-        _MAPPERS[spec.table] = mapper
+        mapper = _MAPPERS[spec.table] = _Mapper.of(spec)
     return mapper
+
+
+def entity_row(spec: EntitySpec, item: dict) -> tuple:
+    """The entity table row of one item (columns of ``spec`` + created/updated, without the hash)."""
+    return _mapper(spec).row(item)
 
 
 def owned_tables(spec: EntitySpec) -> list[tuple[str, str]]:
@@ -73,35 +109,26 @@ def owned_tables(spec: EntitySpec) -> list[tuple[str, str]]:
 
 
 def owned_sets(spec: EntitySpec, item: dict) -> dict[str, list]:
-    """Rows of every link, file and stash-id table an item owns."""
-    eid = int(item["id"])
-    out: dict[str, list] = {}
-    for table, id_field, rows in _mapper(spec).links:
-        if id_field is None:
-            out[table] = [(eid, *values) for values in rows(item)]
-        else:  # distinct target ids in Stash's order, as ids_of gives them
-            targets = item.get(id_field)
-            out[table] = [(eid, x) for x in dict.fromkeys([int(o["id"]) for o in targets])] if targets else []
-    if spec.files:
-        out[spec.files.table] = [(eid, *values) for values in spec.files.rows(item)]
-    if spec.has_stash_ids:
-        out["stash_ids"] = list(dict.fromkeys((spec.kind, eid, s["endpoint"], s["stash_id"])
-                                              for s in item.get("stash_ids") or []))
-    return out
+    """Rows of every link, file and stash-id table an item owns, deduplicated as the tables' keys do,
+    each table's rows in one order whatever order Stash listed them in (sorted; files by position)."""
+    return _mapper(spec).sets(item, int(item["id"]))
 
 
 def mirrored_content(spec: EntitySpec, item: dict) -> Content:
     """The mirrored content of one Stash item and its digest."""
-    row = entity_row(spec, item)
-    sets = owned_sets(spec, item)
+    mapper = _mapper(spec)
+    row = mapper.row(item)
+    sets = mapper.sets(item, row[0])
     return Content(row, sets, content_digest(row, sets))
 
 
 def content_digest(row: tuple, sets: dict[str, list]) -> str:
-    """The digest of a row and its owned sets, whatever order the sets' rows came in."""
-    # rows of one table differ in their leading key columns, so sorting never compares a None
-    canonical = repr((row, [sorted(values) for values in sets.values()]))
-    return hashlib.blake2b(canonical.encode(), digest_size=12).hexdigest()
+    """The digest of a row and its owned sets (as ``owned_sets`` orders them).
+
+    ``marshal`` format 2 writes a value's type and bytes only (no references between equal
+    objects, no interning marks), so equal contents always give equal bytes.
+    """
+    return hashlib.blake2b(marshal.dumps((row, tuple(sets.values())), 2), digest_size=12).hexdigest()
 
 
 def _empty_sets(spec: EntitySpec) -> dict[str, list]:

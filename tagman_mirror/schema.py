@@ -239,13 +239,21 @@ def _sql_text(text: str) -> str:
     return text.replace("'", "''")
 
 
+GUARDED_EVENTS = ("INSERT", "UPDATE", "DELETE")
+
+
+def guard_trigger_name(table: str, event: str) -> str:
+    """The name of the guard trigger of one table and event."""
+    return f"{table}_read_only_{event.lower()}"
+
+
 def guard_triggers(table: str) -> list[str]:
     """The three triggers that make ``table`` read-only outside the sync's connection."""
     condition = f"NOT EXISTS (SELECT 1 FROM pragma_database_list WHERE name = '{WRITER_SCHEMA}')"
     return [
-        f"CREATE TRIGGER {table}_read_only_{event.lower()} BEFORE {event} ON {table} "
+        f"CREATE TRIGGER {guard_trigger_name(table, event)} BEFORE {event} ON {table} "
         f"WHEN {condition} BEGIN SELECT RAISE(ABORT, '{_sql_text(READ_ONLY_MESSAGE)}'); END"
-        for event in ("INSERT", "UPDATE", "DELETE")
+        for event in GUARDED_EVENTS
     ]
 
 
@@ -289,8 +297,10 @@ GUARD_LIFT_MIN_ROWS = 500
 
 
 @contextmanager
-def guard_lifted(conn: sqlite3.Connection, tables: Iterable[str]) -> Iterator[None]:
-    """Inside the writer's open transaction, drop the guard triggers of ``tables`` and put them back before it ends.
+def guard_lifted(conn: sqlite3.Connection, tables: Iterable[str],
+                 events: Iterable[str] = GUARDED_EVENTS) -> Iterator[None]:
+    """Inside the writer's open transaction, drop the guard triggers of ``tables`` (those of ``events``)
+    and put them back before it ends.
 
     For bulk writes: the guard's check runs for every row written, and SQLite prepares a PRAGMA
     statement for each one, which doubles the cost of writing a link row. No other connection
@@ -300,10 +310,10 @@ def guard_lifted(conn: sqlite3.Connection, tables: Iterable[str]) -> Iterator[No
     """
     if not conn.in_transaction:
         raise CacheSchemaError("guard_lifted needs the writer's open transaction")
-    names = tuple(dict.fromkeys(tables))
+    names = tuple(dict.fromkeys(guard_trigger_name(t, e) for t in tables for e in events))
     marks = ",".join("?" * len(names))
-    saved = conn.execute(f"SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name IN ({marks}) "
-                         "AND name LIKE '%\\_read\\_only\\_%' ESCAPE '\\'", names).fetchall()
+    saved = conn.execute(f"SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name IN ({marks})",
+                         names).fetchall()
     for name, _sql in saved:
         conn.execute(f'DROP TRIGGER "{name}"')
     try:

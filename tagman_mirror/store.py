@@ -15,7 +15,7 @@ from tagman_base.sqlite_util import atomic, chunks, rows_where_in
 from tagman_base.timestamps import instant_or_none, now_text
 from tagman_mirror.cursor import CursorStore
 from tagman_mirror.entities import ENTITY_TYPES, EntitySpec, references_to
-from tagman_mirror.schema import GUARD_LIFT_MIN_ROWS, guard_lifted
+from tagman_mirror.schema import GUARD_LIFT_MIN_ROWS, GUARDED_EVENTS, guard_lifted
 from tagman_mirror.rows import Content, content_diff, load_contents, mirrored_content, owned_tables
 
 
@@ -155,7 +155,7 @@ def write_contents(conn: sqlite3.Connection, spec: EntitySpec, contents: list[Co
         return 0
     plan, existing = _plan_writes(conn, spec, contents)
     bulk = conn.in_transaction and _rows_to_write(plan) >= GUARD_LIFT_MIN_ROWS
-    with guard_lifted(conn, _written_tables(spec)) if bulk else nullcontext():
+    with guard_lifted(conn, _written_tables(spec), _written_events(plan, existing)) if bulk else nullcontext():
         if recorder is not None:
             recorder.tally(spec.table).add(plan.counts)
             recorder.log(conn, plan.changes)
@@ -188,6 +188,13 @@ def _written_tables(spec: EntitySpec) -> list[str]:
     """Every table ``write_contents`` may write for a type."""
     return [spec.table, *(t for t, _owner in owned_tables(spec)), *(["stash_ids"] if spec.has_stash_ids else []),
             "sync_changes", "dirty"]
+
+
+def _written_events(plan: _WritePlan, existing: set[int]) -> tuple[str, ...]:
+    """The statements a plan runs: INSERTs only when it creates every entity it writes (a first full sync)."""
+    if plan.touch or any(c.id in existing for c in plan.rewrite):
+        return GUARDED_EVENTS
+    return ("INSERT",)
 
 
 def _delete_owned(conn: sqlite3.Connection, spec: EntitySpec, ids: Sequence[int]) -> None:

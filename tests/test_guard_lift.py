@@ -96,20 +96,37 @@ def test_a_process_killed_with_the_guard_lifted_leaves_it_in_place(tmp_path):
 
 
 def test_a_bulk_full_sync_keeps_the_schema_the_guard_and_the_mirror_exact(tmp_path, clock, monkeypatch):
-    lib = generate_library(seed=11, clock=clock, scenes=300, images=400, tags=40, performers=20, studios=6,
+    lib = generate_library(seed=11, clock=clock, scenes=600, images=400, tags=40, performers=20, studios=6,
                            groups=5, galleries=12)
     lifted = []
     real = store.guard_lifted
-    monkeypatch.setattr(store, "guard_lifted", lambda conn, tables: lifted.append(tables) or real(conn, tables))
+
+    def recording(conn, tables, events=schema.GUARDED_EVENTS):
+        lifted.append(tuple(events))
+        return real(conn, tables, events)
+
+    monkeypatch.setattr(store, "guard_lifted", recording)
     db = tmp_path / "cache.sqlite3"
     with FakeStash(lib.world) as fake:
         stash = StashClient(requests.Session(), fake.url, sleep=lambda _s: None, backoff=(0.0,))
         cache_full_sync(stash, db)
+        assert lifted and set(lifted) == {("INSERT",)}  # a first fill only inserts: only those triggers go
+        lifted.clear()
+        with sqlite3.connect(db) as conn:  # digests of another format: every entity is compared, then touched
+            schema.disable_writes(conn)
+            conn.execute("DROP TRIGGER scenes_read_only_update")
+            conn.execute("UPDATE scenes SET content_hash = 'another format'")
+            conn.executescript(schema.guard_triggers("scenes")[1] + ";")
         lib.world.update_entity("scene", 5, title="edited after the bulk fill")
-        cache_full_sync(stash, db)
-    assert lifted  # pages this large are bulk writes
+        result = cache_full_sync(stash, db)
+    assert schema.GUARDED_EVENTS in lifted  # touching and rewriting lift every event's trigger
+    assert result.per_type["scenes"].updated == 1 and result.per_type["scenes"].created == 0
     fresh = open_cache(tmp_path / "fresh.sqlite3")
     conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM scenes WHERE content_hash = 'another format'").fetchone()[0] == 0
+    logged = conn.execute("SELECT DISTINCT entity_type, entity_id, change FROM sync_changes WHERE run_id = ?",
+                          (result.run_id,)).fetchall()
+    assert logged == [("scenes", 5, "updated")]  # touched digests are no change
     assert schema.schema_signature(conn) == schema.schema_signature(fresh)
     with pytest.raises(sqlite3.DatabaseError, match="read-only mirror"):
         conn.execute("DELETE FROM scene_tags")
