@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -36,6 +37,19 @@ def atomic(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
             conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+@functools.cache
+def json_functions() -> bool:
+    """Whether this SQLite has its JSON functions (built in since 3.38; an option before, on in most builds)."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.execute("SELECT json_array_length('[]')")
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        conn.close()
+    return True
 
 
 def chunks(seq: Sequence, size: int) -> Iterator[Sequence]:

@@ -65,11 +65,18 @@ def _configure(conn: sqlite3.Connection, db_path: Path, writer: bool) -> None:
 # MB (link targets, file paths, the change log); with 32 MB the pages it keeps returning to stay in
 # memory, which saves about a fifth of the CPU of writing a large library. Filled only as used.
 SYNC_PAGE_CACHE_KIB = 32 * 1024
+# SQLite copies the WAL into the file every 1,000 pages by default. A sync commits a page of
+# entities at a time, and the same index pages come back in commit after commit: copied every
+# 10,000 pages (a WAL of about 40 MB; SQLite removes it when the last connection closes), each
+# is copied once instead of many times, a third less CPU in commits.
+SYNC_CHECKPOINT_PAGES = 10_000
 
 
 def use_sync_page_cache(conn: sqlite3.Connection) -> None:
-    """Give the sync's connection the larger page cache (hooks and readers keep SQLite's default)."""
+    """Give the sync's connection the larger page cache and the rarer WAL checkpoints (hooks and
+    readers keep SQLite's defaults)."""
     conn.execute(f"PRAGMA cache_size = -{SYNC_PAGE_CACHE_KIB}")
+    conn.execute(f"PRAGMA wal_autocheckpoint = {SYNC_CHECKPOINT_PAGES}")
 
 
 def open_cache(db_path: Path, writer: bool = True) -> sqlite3.Connection:

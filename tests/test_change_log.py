@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from tagman_mirror import store
 from tagman_mirror.entities import SPEC_BY_TABLE, SPECS
 from tagman_mirror.queries import SIGNAL_TYPES
 from tagman_mirror.results import CacheOptions
@@ -12,7 +15,10 @@ from tagman_mirror.runs import cache_full_sync, cache_incremental_sync, cache_sm
 from tests.conftest import LAST_RUN_CHANGES, read_rows, SCENE_HISTORY
 
 
-def test_counts_and_change_log_match_what_stash_changed(stash, world, db, clock):
+@pytest.mark.parametrize("json_functions", [True, False], ids=["ids-as-json", "row-by-row"])
+def test_counts_and_change_log_match_what_stash_changed(stash, world, db, clock, monkeypatch, json_functions):
+    """Whole-entity rows go to SQLite as one JSON array of ids, or row by row where SQLite has no JSON."""
+    monkeypatch.setattr(store, "json_functions", lambda: json_functions)
     cache_full_sync(stash, db)
     old = {r[0]: r for r in read_rows(db, "SELECT id, title, updated_at FROM scenes")}
     old_tags = {r[0] for r in read_rows(db, "SELECT tag_id FROM scene_tags WHERE scene_id = 5")}
