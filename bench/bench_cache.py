@@ -475,6 +475,9 @@ def report_flatness(summaries: list[tuple[float, dict]]) -> None:
           f"{verdict(large['cpu_ratio'] <= small['cpu_ratio'] + 0.05)}")
     if "idle_cpu" in small and "idle_cpu" in large:
         same = abs(large["idle_cpu"] - small["idle_cpu"]) <= 0.1 * small["idle_cpu"]
+        print(f"idle smart sync CPU:       {small['idle_cpu']:8.2f} -> {large['idle_cpu']:.2f} s  (process; the sync "
+              f"itself {small['idle_sync_cpu']:.3f} -> {large['idle_sync_cpu']:.3f} s; bound: within 10 %)  "
+              f"{verdict(same)}")
 
 
 def report_silent(silent: dict) -> None:

@@ -58,9 +58,9 @@ def refresh_derived(conn: sqlite3.Connection) -> dict[str, int]:
         bulk = full or n_images + n_scenes >= GUARD_LIFT_MIN_ROWS
         with guard_lifted(conn, DERIVED_TABLES) if bulk else nullcontext():
             if n_images:
-                _refresh_image_inheritance(conn)
+                _refresh_image_inheritance(conn, full)
             if n_scenes:
-                _refresh_scene_inherited_tags(conn)
+                _refresh_scene_inherited_tags(conn, full)
             counts = _refresh_image_counts(conn) if (n_images or full) else 0
         conn.execute("DELETE FROM dirty")
         conn.execute("DELETE FROM cache_meta WHERE key = 'derived_full'")
@@ -69,24 +69,33 @@ def refresh_derived(conn: sqlite3.Connection) -> dict[str, int]:
     return {"images": n_images, "scenes": n_scenes, "image_counts": counts}
 
 
-def _refresh_image_inheritance(conn: sqlite3.Connection) -> None:
+def _clear(conn: sqlite3.Connection, table: str, owner: str, affected: str, full: bool) -> None:
+    """Delete the derived rows of the affected entities (all rows in a full rebuild: one cheap statement)."""
+    conn.execute(f"DELETE FROM {table}" if full else f"DELETE FROM {table} WHERE {owner} IN (SELECT id FROM {affected})")
+
+
+def _refresh_image_inheritance(conn: sqlite3.Connection, full: bool) -> None:
     """Images take studio, date, photographer, details, performers and tags from their first gallery."""
     for table in ("image_inherited", "image_inherited_performers", "image_inherited_tags"):
-        conn.execute(f"DELETE FROM {table} WHERE image_id IN (SELECT id FROM temp.aff_images)")
+        _clear(conn, table, "image_id", "temp.aff_images", full)
+    # the first live gallery of each image: min() makes SQLite take gallery_id from the row of the
+    # smallest position (an image's positions are distinct)
     conn.execute("""
+        WITH first_gallery AS (
+            SELECT ig.image_id, ig.gallery_id, min(ig.position)
+              FROM temp.aff_images a
+              JOIN image_galleries ig ON ig.image_id = a.id
+              JOIN galleries g ON g.id = ig.gallery_id AND g.deleted_at IS NULL
+             GROUP BY ig.image_id)
         INSERT INTO image_inherited (image_id, gallery_id, studio_id, date, photographer, details)
         SELECT i.id, g.id,
                CASE WHEN i.studio_id IS NULL THEN g.studio_id END,
                CASE WHEN coalesce(i.date, '') = '' THEN nullif(g.date, '') END,
                CASE WHEN coalesce(i.photographer, '') = '' THEN nullif(g.photographer, '') END,
                CASE WHEN coalesce(i.details, '') = '' THEN nullif(g.details, '') END
-        FROM temp.aff_images a
-        JOIN images i ON i.id = a.id AND i.deleted_at IS NULL
-        JOIN image_galleries ig ON ig.image_id = i.id
-        JOIN galleries g ON g.id = ig.gallery_id AND g.deleted_at IS NULL
-        WHERE ig.position = (SELECT min(ig2.position) FROM image_galleries ig2
-                             JOIN galleries g2 ON g2.id = ig2.gallery_id AND g2.deleted_at IS NULL
-                             WHERE ig2.image_id = i.id)""")
+        FROM first_gallery f
+        JOIN images i ON i.id = f.image_id AND i.deleted_at IS NULL
+        JOIN galleries g ON g.id = f.gallery_id""")
     conn.execute("""
         INSERT INTO image_inherited_performers (image_id, performer_id, gallery_id)
         SELECT ii.image_id, gp.performer_id, ii.gallery_id
@@ -101,13 +110,13 @@ def _refresh_image_inheritance(conn: sqlite3.Connection) -> None:
           AND NOT EXISTS (SELECT 1 FROM image_tags it WHERE it.image_id = ii.image_id)""")
 
 
-def _refresh_scene_inherited_tags(conn: sqlite3.Connection) -> None:
+def _refresh_scene_inherited_tags(conn: sqlite3.Connection, full: bool) -> None:
     """Scenes inherit the tags of their performers, studio and groups (with the source).
 
     Soft-deleted scenes inherit nothing and soft-deleted sources pass nothing on, so derived data
     is the same with and without soft retention.
     """
-    conn.execute("DELETE FROM scene_inherited_tags WHERE scene_id IN (SELECT id FROM temp.aff_scenes)")
+    _clear(conn, "scene_inherited_tags", "scene_id", "temp.aff_scenes", full)
     conn.execute("DROP TABLE IF EXISTS temp.aff_live_scenes")
     conn.execute("""CREATE TEMP TABLE aff_live_scenes AS SELECT a.id FROM temp.aff_scenes a
                     JOIN scenes s ON s.id = a.id AND s.deleted_at IS NULL""")

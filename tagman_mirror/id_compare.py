@@ -50,7 +50,7 @@ def stash_id_pages(stash: StashClient, spec: EntitySpec) -> Iterator[list[int]]:
 def _listing(stash: StashClient, spec: EntitySpec, window: dict | None, per_page: int) -> list[dict]:
     """One id listing of the type."""
     variables = {"window": window, "filter": {"per_page": per_page, "sort": "id", "direction": "ASC"}}
-    return stash.call(queries.LISTING[spec.table], variables)[spec.find][spec.list_key]
+    return stash.call(queries.IDS[spec.table], variables)[spec.find][spec.list_key]
 
 
 def compare_ids(conn: sqlite3.Connection, stash: StashClient, spec: EntitySpec) -> IdComparison:

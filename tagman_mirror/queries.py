@@ -2,7 +2,7 @@
 
 ``REGISTRY`` maps a document's operation name to its text; the conformance tests validate each of
 them against the real Stash schema and the fake's. The per-type documents are also reachable by
-type (``PAGE``, ``PROBE``, ``LISTING``, ``LATEST``); the status documents are built for the types a
+type (``PAGE``, ``PROBE``, ``LISTING``, ``IDS``, ``LATEST``); the status documents are built for the types a
 status run asks about. ``SIGNALS``, ``FILES_PAGE`` and ``PHASH_MISSING_IDS`` carry the checks of
 ``signals`` (changes Stash makes without a new ``updated_at``).
 """
@@ -34,6 +34,12 @@ def listing_query(spec: EntitySpec) -> str:
     """Ids and updated_at of the entities in a window (or of all entities)."""
     return (f"query TagManagerCache{spec.operation}Listing($window: {spec.filter_type}, $filter: FindFilterType) {{\n"
             f"  {spec.find}({spec.filter_arg}: $window, filter: $filter) {{ count {spec.list_key} {{ id updated_at }} }}\n}}")
+
+
+def ids_query(spec: EntitySpec) -> str:
+    """Ids alone of the entities in a window (or of all entities): the id comparison's pages."""
+    return (f"query TagManagerCache{spec.operation}Ids($window: {spec.filter_type}, $filter: FindFilterType) {{\n"
+            f"  {spec.find}({spec.filter_arg}: $window, filter: $filter) {{ {spec.list_key} {{ id }} }}\n}}")
 
 
 def latest_query(spec: EntitySpec) -> str:
@@ -108,6 +114,7 @@ PHASH_MISSING_IDS = """query TagManagerCachePhashMissing {
 PAGE = {spec.table: page_query(spec) for spec in SPECS}
 PROBE = {spec.table: probe_query(spec) for spec in SPECS}
 LISTING = {spec.table: listing_query(spec) for spec in SPECS}
+IDS = {spec.table: ids_query(spec) for spec in SPECS}
 LATEST = {spec.table: latest_query(spec) for spec in SPECS}
 SIGNALS = signals_query()
 FILES_PAGE = {t: files_page_query(SPEC_BY_TABLE[t]) for t in SIGNAL_TYPES}
@@ -119,6 +126,7 @@ def _named(documents: list[str]) -> dict[str, str]:
 
 
 # every document the cache can send; the status listing is shown for all types (a run lists fewer)
-REGISTRY: dict[str, str] = _named([*PAGE.values(), *PROBE.values(), *LISTING.values(), *LATEST.values(),
+REGISTRY: dict[str, str] = _named([*PAGE.values(), *PROBE.values(), *LISTING.values(), *IDS.values(),
+                                   *LATEST.values(),
                                    status_counts_query(SPECS), status_listing_query(SPECS),
                                    SIGNALS, *FILES_PAGE.values(), PHASH_MISSING_IDS])

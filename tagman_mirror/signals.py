@@ -20,9 +20,9 @@ one extra request for the whole run (``queries.SIGNALS``) plus requests only whe
 * **Anything else** (``sceneAssignFile``, a phash regenerated over an existing one, and whatever
   no check covers): a rolling re-verification re-reads a slice of scenes, images and galleries
   on every run, after a persisted id position, and compares it with the mirror (content hashes,
-  and ids the mirror holds in that id range but Stash no longer has). ``verify_slice`` sets the
-  slice: a full cycle takes at most ``VERIFY_RUNS`` runs up to 100,000 entities of a type
-  (``ceil(n / 1000)`` runs above that).
+  and ids the mirror holds in that id range but Stash no longer has). The slice is
+  ``VERIFY_SLICE`` entities of each type whatever the library's size, so an idle run costs the
+  same in any library; a full cycle takes ``ceil(n / VERIFY_SLICE)`` runs.
 * ``sceneMerge`` and ``performerMerge`` need no check of their own: both move the destination's
   ``updated_at``, and the sources' removal is found by the count comparison, which re-reads
   whatever linked to them (scenes, galleries and images of a merged performer).
@@ -55,8 +55,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(plugin_log.LOGGER_NAME + ".mirror")
 
-VERIFY_RUNS = 100       # a type of up to 100,000 entities is re-verified within this many runs
-VERIFY_MIN, VERIFY_MAX = 100, 1000  # entities re-verified per type and run
+VERIFY_SLICE = 1000  # entities re-verified per type and run
 
 
 def forget_files_cursors(sync: CacheSync, tables: Iterable[str]) -> None:
@@ -71,14 +70,9 @@ def forget_files_cursors(sync: CacheSync, tables: Iterable[str]) -> None:
 # small pure helpers
 
 
-def verify_slice(count: int) -> int:
-    """Entities of a type re-verified per run: 1/VERIFY_RUNS of the type, within [VERIFY_MIN, VERIFY_MAX]."""
-    return min(VERIFY_MAX, max(VERIFY_MIN, math.ceil(count / VERIFY_RUNS)))
-
-
 def runs_to_verify_all(count: int) -> int:
     """How many runs one full re-verification cycle of a type with ``count`` entities takes."""
-    return max(1, math.ceil(count / verify_slice(count)))
+    return max(1, math.ceil(count / VERIFY_SLICE))
 
 
 def files_window(cursor_text: str) -> dict[str, Any]:
@@ -157,9 +151,8 @@ def _signal_variables(sync: CacheSync, specs: Sequence[EntitySpec], states: dict
         t, state = spec.table, states[spec.table]
         if windows[t] is not None:
             variables.update({f"{t}Files": files_window(windows[t]), f"{t}FilesOn": True})
-        size = verify_slice(mirror_count(sync.conn, spec.table))
         variables.update({f"{t}Verify": {"id": {"value": state.verify_after, "modifier": "GREATER_THAN"}},
-                          f"{t}VerifyPage": {"per_page": size, "sort": "id", "direction": "ASC"},
+                          f"{t}VerifyPage": {"per_page": VERIFY_SLICE, "sort": "id", "direction": "ASC"},
                           f"{t}VerifyOn": True})
     return variables
 

@@ -12,6 +12,7 @@ from tagman_mirror import schema
 from tagman_mirror.entities import SPECS
 from tagman_mirror.results import CacheOptions
 from tagman_mirror.runs import cache_full_sync, cache_incremental_sync, cache_smart_sync
+from tests.conftest import read_rows
 from tests.mirror_oracle import assert_mirror_equals, derived_tables, fresh_full
 
 
@@ -204,3 +205,19 @@ def test_image_inherits_only_what_it_lacks(stash, world, db):
                             (bare,)).fetchall() == [(1,)]
         assert conn.execute("SELECT count(*) FROM image_inherited_tags WHERE image_id = ?", (own,)).fetchone() == (0,)
         assert conn.execute("SELECT studio_id FROM images WHERE id = ?", (own,)).fetchone() == (2,)
+
+
+def test_an_image_inherits_from_its_first_live_gallery(stash, world, db, clock):
+    later = world.add_entity("gallery", title="second in id order", studio_id=1, date="2002-02-02")
+    first = world.add_entity("gallery", title="first in the image's list", studio_id=3, date="2003-03-03")
+    image = world.add_entity("image", title="two galleries", gallery_ids=[first, later])
+    assert first > later
+    options = CacheOptions(soft_delete=True)
+    cache_full_sync(stash, db, options=options)
+    inherited = "SELECT gallery_id, studio_id, date FROM image_inherited WHERE image_id = ?"
+    assert read_rows(db, inherited, (image,)) == [(first, 3, "2003-03-03")]
+    clock.tick(10)
+    world.delete_entity("gallery", first)  # kept soft-deleted: the image inherits from the next gallery
+    cache_smart_sync(stash, db, options=options)
+    assert read_rows(db, "SELECT count(*) FROM galleries WHERE deleted_at IS NOT NULL") == [(1,)]
+    assert read_rows(db, inherited, (image,)) == [(later, 1, "2002-02-02")]

@@ -22,7 +22,7 @@ def listings(fake, operation: str) -> list[dict]:
 
 def test_full_sync_compares_ids_in_keyset_pages(small_pages, stash, db, world, fake):
     cache_full_sync(stash, db)
-    pages = [v for v in listings(fake, "TagManagerCacheImagesListing") if v["window"]]
+    pages = [v for v in listings(fake, "TagManagerCacheImagesIds") if v["window"]]
     assert [p["window"]["id"]["value"] for p in pages][:2] == [0, 7]
     assert len(pages) == len(world.table("image")) // 7 + 1
     assert all(p["filter"]["per_page"] == 7 for p in pages)
@@ -48,7 +48,7 @@ def test_a_deletion_while_paging_never_removes_another_entity(small_pages, stash
 
     def delete_below_the_next_page(operation, variables):
         window = (variables or {}).get("window") or {}
-        if operation == "TagManagerCacheImagesListing" and window.get("id", {}).get("value") == 14:
+        if operation == "TagManagerCacheImagesIds" and window.get("id", {}).get("value") == 14:
             world.delete_entity("image", 5)  # below the offset: LIMIT/OFFSET paging would skip a row now
             deleted_meanwhile.append(5)
 
