@@ -46,14 +46,14 @@ from tagman_base.prefetch import PagePrefetch
 from tagman_base.sqlite_util import atomic, chunks, rows_where_in
 from tagman_base.stash_client import StashClient
 from tagman_base.timestamps import epoch_of, local_text, utc_now
-from tagman_mirror import queries, signals
+from tagman_mirror import queries, schema, signals
 from tagman_mirror.cursor import CursorStore, TypeCursor, after_text_filter, window_filter
 from tagman_mirror.derived import refresh_derived
 from tagman_mirror.entities import ENTITY_TYPES, SPEC_BY_TABLE, SPECS, EntitySpec, parse_entities
 from tagman_mirror.id_compare import compare_ids
 from tagman_mirror.results import FULL, SMART, CacheOptions, TypeStats, TypeTally
 from tagman_mirror.store import (
-    ChangeRecorder, delete_entities, forget_rereads, mirror_count, prune_change_log, purge_soft_deleted,
+    ChangeRecorder, content_tables, delete_entities, forget_rereads, mirror_count, prune_change_log, purge_soft_deleted,
     page_contents, soft_deleted_count, write_contents, write_items,
 )
 from tagman_mirror.rows import Content
@@ -122,6 +122,7 @@ class CacheSync:
 
     def run(self) -> None:
         """Sync the run's types in dependency order, then retention, change-log pruning and derived data."""
+        schema.restore_indexes(self.conn)  # a killed first fill left them for the end it never reached
         if self.mode == FULL:
             self._start_full_run()
         count = len(self.specs)
@@ -213,6 +214,9 @@ class CacheSync:
             target = newest[0]["updated_at"] if newest else None
             with atomic(self.conn):
                 self.cursors.set(spec.table, full_next_page=page, full_cursor=target)
+                if not resumed and self._first_fill(spec):
+                    deferred = schema.defer_indexes(self.conn, content_tables(spec))
+                    log.debug(f"cache {spec.table}: first fill, indexes built at the end: {', '.join(deferred)}")
         mark_dirty = self.mode != FULL or self.scoped
         with self._pages(spec, page) as pages:
             for page, fetched in pages:
@@ -223,6 +227,7 @@ class CacheSync:
                 stats.fetched += fetched.items
                 log.debug(f"cache {spec.table}: page {page} ({fetched.items} items)")
                 progress(min(1.0, page * self.per_page / max(fetched.count, 1)))
+        schema.restore_indexes(self.conn)
         # Stash pages with LIMIT/OFFSET: a row deleted below the offset while paging hides the next
         # one, and a creation meanwhile keeps the counts equal, so the id sets are always compared.
         self._reconcile(spec, allow_mass_delete=True)
@@ -235,6 +240,10 @@ class CacheSync:
                 self.cursors.set(spec.table, cursor=target, checked_epoch=checked)
                 if checked is not None:
                     self.confirmed[spec.table] = checked
+
+    def _first_fill(self, spec: EntitySpec) -> bool:
+        """Whether the type's table is empty: its full read may build the indexes once at its end."""
+        return self.conn.execute(f"SELECT 1 FROM {spec.table} LIMIT 1").fetchone() is None
 
     def _pages(self, spec: EntitySpec, first: int) -> PagePrefetch[FetchedPage]:
         """Pages from ``first`` on, each fetched and mapped to mirror rows in a thread while the previous one is written.

@@ -25,11 +25,14 @@ def _flag(value: Any) -> int:
     return 1 if value else 0
 
 
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # built once, not per value
+
+
 def _json_list(value: Any) -> str:
     """A list as compact JSON text (None becomes [])."""
     if not value:
         return "[]"
-    return json.dumps(list(value), ensure_ascii=False, separators=(",", ":"))
+    return _COMPACT_JSON(list(value))
 
 
 def _ref_id(value: Any) -> int | None:

@@ -13,30 +13,25 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from tagman_base.sqlite_util import rows_where_in
 from tagman_mirror.entities import EntitySpec
 
 
-@dataclass(frozen=True)
-class Content:
+class Content(NamedTuple):
     """What the mirror holds for one entity: its row and the sets it owns, with their digest.
 
     ``sets`` maps each owned link table, its files table and ``stash_ids`` to the rows the entity
     has there (deduplicated as the tables' keys do). The digest is stored as ``content_hash``;
     two items with the same mirrored fields and links have the same digest, whatever order Stash
-    listed the links in.
+    listed the links in. (A named tuple: a sync makes one per entity it reads.)
     """
 
+    id: int
     row: tuple                       # id, columns..., created_at, updated_at
     sets: dict[str, list]
     digest: str
-
-    @property
-    def id(self) -> int:
-        """The entity id."""
-        return self.row[0]
 
 
 @dataclass(frozen=True)
@@ -73,7 +68,8 @@ class _Mapper:
             targets = item.get(field)
             out[table] = [(eid, t) for t in sorted(set(map(int, map(_ID, targets))))] if targets else []
         for table, rows in self.row_links:  # rows of one table differ in their key: sorting compares no None
-            out[table] = sorted([(eid, *values) for values in rows(item)])
+            values = rows(item)
+            out[table] = sorted([(eid, *v) for v in values]) if values else []
         spec = self.spec
         if spec.files:
             out[spec.files.table] = [(eid, *values) for values in spec.files.rows(item)]
@@ -119,7 +115,7 @@ def mirrored_content(spec: EntitySpec, item: dict) -> Content:
     mapper = _mapper(spec)
     row = mapper.row(item)
     sets = mapper.sets(item, row[0])
-    return Content(row, sets, content_digest(row, sets))
+    return Content(row[0], row, sets, content_digest(row, sets))
 
 
 def content_digest(row: tuple, sets: dict[str, list]) -> str:

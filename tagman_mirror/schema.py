@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from tagman_base.errors import CacheSchemaError
-from tagman_base.sqlite_util import apply_migrations, schema_signature, schema_version  # noqa: F401 (the file's own version and signature)
+from tagman_base.sqlite_util import atomic, apply_migrations, schema_signature, schema_version  # noqa: F401 (the file's own version and signature)
 from tagman_mirror.entities import LINKS, SPECS
 
 SCHEMA_VERSION = 7
@@ -324,6 +324,47 @@ def guard_lifted(conn: sqlite3.Connection, tables: Iterable[str],
                 conn.execute(sql)
 
 
+# cache_meta keys of the indexes a first fill dropped: the key names the index, the value is its SQL
+DEFERRED_INDEX_PREFIX = "deferred_index:"
+
+
+def defer_indexes(conn: sqlite3.Connection, tables: Iterable[str]) -> list[str]:
+    """Inside the writer's open transaction, drop the secondary indexes of ``tables``; returns their names.
+
+    For filling empty tables: rows arrive in id order, but the keys of most indexes (update times,
+    studios, link targets, hashes) land all over their index, so each page of rows rewrites pages
+    of every index; an index built once over the filled table costs a fraction of that. Each
+    index's SQL is kept in ``cache_meta`` in the same transaction, so ``restore_indexes`` brings
+    it back even after the process was killed in between. Readers meanwhile see every row, only
+    without those indexes' speed.
+    """
+    if not conn.in_transaction:
+        raise CacheSchemaError("defer_indexes needs the writer's open transaction")
+    names = tuple(dict.fromkeys(tables))
+    marks = ",".join("?" * len(names))
+    indexes = conn.execute(f"SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
+                           f"AND tbl_name IN ({marks}) ORDER BY name", names).fetchall()
+    for name, sql in indexes:
+        conn.execute("INSERT OR REPLACE INTO cache_meta (key, value) VALUES (?, ?)", (DEFERRED_INDEX_PREFIX + name, sql))
+        conn.execute(f'DROP INDEX "{name}"')
+    return [name for name, _sql in indexes]
+
+
+def restore_indexes(conn: sqlite3.Connection) -> list[str]:
+    """Create every index ``defer_indexes`` dropped, in one transaction; returns their names."""
+    deferred = conn.execute("SELECT key, value FROM cache_meta WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key",
+                            (DEFERRED_INDEX_PREFIX,)).fetchall()
+    if not deferred:
+        return []
+    with atomic(conn):
+        for key, sql in deferred:
+            name = key[len(DEFERRED_INDEX_PREFIX):]
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,)).fetchone() is None:
+                conn.execute(sql)
+            conn.execute("DELETE FROM cache_meta WHERE key = ?", (key,))
+    return [key[len(DEFERRED_INDEX_PREFIX):] for key, _sql in deferred]
+
+
 def disable_writes(conn: sqlite3.Connection) -> None:
     """Switch this connection's write guard off again."""
     attached = {row[1] for row in conn.execute("PRAGMA database_list")}
@@ -345,5 +386,7 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
             "The cache path points at an SQLite file that is not a tagManager cache. "
             "Choose another cacheDbPath or move that file away."
         )
+    if 0 < found < target:
+        restore_indexes(conn)  # migrations may change indexes: they expect every one in place
     apply_migrations(conn, MIGRATIONS, found, target)
     return found
