@@ -71,7 +71,8 @@ def refresh_derived(conn: sqlite3.Connection) -> dict[str, int]:
 
 def _clear(conn: sqlite3.Connection, table: str, owner: str, affected: str, full: bool) -> None:
     """Delete the derived rows of the affected entities (all rows in a full rebuild: one cheap statement)."""
-    conn.execute(f"DELETE FROM {table}" if full else f"DELETE FROM {table} WHERE {owner} IN (SELECT id FROM {affected})")
+    where = "" if full else f" WHERE {owner} IN (SELECT id FROM {affected})"
+    conn.execute(f"DELETE FROM {table}{where}")
 
 
 def _refresh_image_inheritance(conn: sqlite3.Connection, full: bool) -> None:

@@ -53,8 +53,8 @@ from tagman_mirror.entities import ENTITY_TYPES, SPEC_BY_TABLE, SPECS, EntitySpe
 from tagman_mirror.id_compare import compare_ids
 from tagman_mirror.results import FULL, SMART, CacheOptions, TypeStats, TypeTally
 from tagman_mirror.store import (
-    ChangeRecorder, content_tables, delete_entities, forget_rereads, mirror_count, prune_change_log, purge_soft_deleted,
-    page_contents, soft_deleted_count, write_contents, write_items,
+    ChangeRecorder, content_tables, delete_entities, forget_rereads, mirror_count, prune_change_log,
+    purge_soft_deleted, page_contents, soft_deleted_count, write_contents, write_items,
 )
 from tagman_mirror.rows import Content
 
