@@ -326,6 +326,7 @@ def guard_lifted(conn: sqlite3.Connection, tables: Iterable[str],
 
 # cache_meta keys of the indexes a first fill dropped: the key names the index, the value is its SQL
 DEFERRED_INDEX_PREFIX = "deferred_index:"
+INDEX_BUILD_CACHE_KIB = 4 * 1024
 
 
 def defer_indexes(conn: sqlite3.Connection, tables: Iterable[str]) -> list[str]:
@@ -356,12 +357,20 @@ def restore_indexes(conn: sqlite3.Connection) -> list[str]:
                             (DEFERRED_INDEX_PREFIX,)).fetchall()
     if not deferred:
         return []
-    with atomic(conn):
-        for key, sql in deferred:
-            name = key[len(DEFERRED_INDEX_PREFIX):]
-            if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,)).fetchone() is None:
-                conn.execute(sql)
-            conn.execute("DELETE FROM cache_meta WHERE key = ?", (key,))
+    # SQLite sorts an index's keys in as much memory as the page cache may use, on top of that
+    # cache: built with a small cache, the memory the cache gives back is what the sort takes
+    cache_size = conn.execute("PRAGMA cache_size").fetchone()[0]
+    conn.execute(f"PRAGMA cache_size = -{INDEX_BUILD_CACHE_KIB}")
+    try:
+        with atomic(conn):
+            for key, sql in deferred:
+                name = key[len(DEFERRED_INDEX_PREFIX):]
+                exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,))
+                if exists.fetchone() is None:
+                    conn.execute(sql)
+                conn.execute("DELETE FROM cache_meta WHERE key = ?", (key,))
+    finally:
+        conn.execute(f"PRAGMA cache_size = {int(cache_size)}")
     return [key[len(DEFERRED_INDEX_PREFIX):] for key, _sql in deferred]
 
 

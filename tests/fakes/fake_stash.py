@@ -21,6 +21,7 @@ SIGTERM/SIGINT.
 from __future__ import annotations
 
 import argparse
+import bisect
 import copy
 import json
 import signal
@@ -743,6 +744,10 @@ class World:
             rows = self._sort_small(etype, rows, sort, direction)
             for p in preds:
                 rows = [r for r in rows if p(r)]
+        elif self._after_id_only(entity_filter, q, sort, direction):
+            # `id > X ORDER BY id`: Stash walks its primary key from X (an index range scan), so
+            # keyset pages cost their own rows, not the table's; so here
+            return self._page_after_id(etype, entity_filter["id"]["value"], ff)
         elif preds:
             # Paging re-runs one filter page after page: keep its result until the table changes.
             key = ("find", etype, json.dumps([entity_filter, q], sort_keys=True, default=str), sort, direction)
@@ -758,6 +763,29 @@ class World:
         page = 1 if page is None or page < 1 else page
         per_page = 25 if per_page is None else per_page
         start = (page - 1) * per_page
+        return count, rows[start:start + per_page]
+
+    @staticmethod
+    def _after_id_only(entity_filter, q, sort, direction) -> bool:
+        """Whether a query is only ``id > X``, ascending by id (the keyset pages of an id listing)."""
+        if q or sort != "id" or direction != "ASC":
+            return False
+        criteria = {k: v for k, v in (entity_filter or {}).items() if v is not None}
+        return list(criteria) == ["id"] and criteria["id"].get("modifier") == "GREATER_THAN"
+
+    def _page_after_id(self, etype, after, ff):
+        """(count, page) of the rows with an id above ``after``, ascending, found by bisection."""
+        rows = self._sorted_rows(etype, "id", "ASC")
+        ids = self._derived(("ids", etype), (etype,), lambda: [r["id"] for r in rows])
+        first = bisect.bisect_right(ids, after)
+        count = len(rows) - first
+        per_page = ff.get("per_page")
+        if per_page is not None and per_page < 0:
+            return count, rows[first:]
+        page = ff.get("page")
+        page = 1 if page is None or page < 1 else page
+        per_page = 25 if per_page is None else per_page
+        start = first + (page - 1) * per_page
         return count, rows[start:start + per_page]
 
     def _sort_small(self, etype, rows, sort, direction):
