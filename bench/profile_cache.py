@@ -33,7 +33,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("SQLite, writing a page", ("(libsqlite3", "pysqlite", "_sqlite3")),
     ("diffing with the mirror", ("load_contents", "content_diff", "_existing_states", "_plan_writes")),
     ("hashing", ("content_digest", "blake2b")),
-    ("row mapping", ("mirrored_content", "entity_row", "owned_sets", "tagman_mirror/entities.py", "RowMapper")),
+    ("row mapping", ("mirrored_content", "_Mapper.row", "_Mapper.sets", "tagman_mirror/entities.py")),
     ("JSON parsing", ("json/decoder", "decoder.py", "loads (json", "Response.json", "LeanResponse.json",
                       "_parse (")),
     ("HTTP (client side)", ("requests/", "urllib3", "http/client", "socket.py", "ssl.py", "_attempt (")),

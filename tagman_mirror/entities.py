@@ -66,11 +66,6 @@ class Column:
     references: str | None = None   # entity table whose id this column holds
     since: int = 1                  # schema version that added the column
 
-    def read(self, item: dict) -> Any:
-        """The column's value for one Stash item."""
-        value = item.get(self.key)
-        return value if self.convert is None else self.convert(value)
-
 
 def text(name: str, required: bool = False, gql: str | None = None) -> Column:
     """A text (or date) field read as Stash sends it."""

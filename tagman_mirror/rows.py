@@ -55,14 +55,15 @@ class _Mapper:
         return cls(spec, keys, conversions, id_links, row_links)
 
     def row(self, item: dict) -> tuple:
-        """The entity table row of one item."""
+        """The entity table row of one item (columns of the spec + created/updated, without the hash)."""
         values = list(map(item.get, self.keys))
         for pos, convert in self.conversions:
             values[pos] = convert(values[pos])
         return tuple(values)
 
     def sets(self, item: dict, eid: int) -> dict[str, list]:
-        """The rows of every table the item owns, each table's rows sorted (files: by position)."""
+        """Rows of every link, file and stash-id table the item owns, deduplicated as the tables' keys
+        do, each table's rows in one order whatever order Stash listed them in (sorted; files by position)."""
         out: dict[str, list] = {}
         for table, field in self.id_links:
             targets = item.get(field)
@@ -91,23 +92,12 @@ def _mapper(spec: EntitySpec) -> _Mapper:
     return mapper
 
 
-def entity_row(spec: EntitySpec, item: dict) -> tuple:
-    """The entity table row of one item (columns of ``spec`` + created/updated, without the hash)."""
-    return _mapper(spec).row(item)
-
-
 def owned_tables(spec: EntitySpec) -> list[tuple[str, str]]:
     """(table, owner column) of every link and file table the type owns."""
     out = [(link.table, link.owner) for link in spec.links]
     if spec.files:
         out.append((spec.files.table, spec.files.owner))
     return out
-
-
-def owned_sets(spec: EntitySpec, item: dict) -> dict[str, list]:
-    """Rows of every link, file and stash-id table an item owns, deduplicated as the tables' keys do,
-    each table's rows in one order whatever order Stash listed them in (sorted; files by position)."""
-    return _mapper(spec).sets(item, int(item["id"]))
 
 
 def mirrored_content(spec: EntitySpec, item: dict) -> Content:
@@ -119,7 +109,7 @@ def mirrored_content(spec: EntitySpec, item: dict) -> Content:
 
 
 def content_digest(row: tuple, sets: dict[str, list]) -> str:
-    """The digest of a row and its owned sets (as ``owned_sets`` orders them).
+    """The digest of a row and its owned sets (as ``_Mapper.sets`` orders them).
 
     ``marshal`` format 2 writes a value's type and bytes only (no references between equal
     objects, no interning marks), so equal contents always give equal bytes.

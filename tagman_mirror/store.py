@@ -69,10 +69,11 @@ class ChangeRecorder:
         """
         if self.run_id is None or not rows:
             return
+        as_json = json_functions()
         entities: dict[tuple[str, str], list[int]] = {}
         fields = []
         for row in rows:
-            if row[3] is None and json_functions():
+            if as_json and row[3] is None:
                 entities.setdefault((row[0], row[2]), []).append(row[1])
             else:
                 fields.append((self.run_id, *row))

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from tagman_base.sqlite_util import atomic
 from tagman_mirror import schema
 from tagman_mirror.cache_file import open_cache
 from tagman_mirror.runs import cache_full_sync
@@ -96,8 +97,7 @@ def test_a_fill_killed_without_its_indexes_gets_them_back_on_the_next_run(tmp_pa
 def test_migrations_find_every_index_in_place(tmp_path, monkeypatch):
     path = tmp_path / "c.sqlite3"
     conn = open_cache(path)
-    with conn:
-        conn.execute("BEGIN IMMEDIATE")
+    with atomic(conn):
         schema.defer_indexes(conn, ["scenes"])
     conn.close()
     later = (schema.SCHEMA_VERSION + 1, "a later version that rebuilds an index",
