@@ -20,6 +20,7 @@ sync skip two costs that only guard against edits racing the previous read:
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone
 
@@ -109,9 +110,10 @@ class CursorStore:
         """Mirrored entities at or after the cursor's second that an edit racing their read could have left stale."""
         if state.cursor is None or state.settled(self.newest_at_cursor(state)):
             return []
-        return [r[0] for r in self.conn.execute(
-            f"SELECT id FROM {state.entity_type} WHERE updated_epoch >= ? AND deleted_at IS NULL ORDER BY id",
-            (epoch_of(state.cursor),))]
+        # sorted here: with ORDER BY id SQLite would scan the whole table in id order instead
+        return sorted(r[0] for r in self.conn.execute(
+            f"SELECT id FROM {state.entity_type} WHERE updated_epoch >= ? AND deleted_at IS NULL",
+            (epoch_of(state.cursor),)))
 
     def confirm(self, entity_type: str, checked: int) -> None:
         """Store when Stash's clock confirmed the cursor, when that settles or quiets it further (else write nothing)."""
@@ -168,6 +170,17 @@ def window_lower_bound(epoch: int) -> str:
     """Text L such that every row written at or after ``epoch``, in any UTC offset, compares > L."""
     instant = datetime.fromtimestamp(epoch - 1, timezone.utc).astimezone(timezone(MIN_OFFSET))
     return instant.strftime("%Y-%m-%dT%H:%M:%S") + "-12:00"
+
+
+def earliest_instant(texts: Iterable[str]) -> int:
+    """A lower bound of the instants (UTC seconds) of Stash's ``updated_at`` texts, without parsing each one.
+
+    RFC3339 texts begin with a fixed-width local date and time, so the smallest text has the
+    earliest local time; no offset is ahead of UTC by more than ``MAX_OFFSET``, so no text stands
+    for an instant earlier than that local time read as UTC, minus ``MAX_OFFSET``.
+    """
+    local = datetime.fromisoformat(min(texts)[:19]).replace(tzinfo=timezone.utc)
+    return int(local.timestamp() - MAX_OFFSET.total_seconds())
 
 
 def window_filter(epoch: int) -> dict:

@@ -43,18 +43,18 @@ from datetime import datetime, timedelta
 
 from tagman_base import plugin_log
 from tagman_base.prefetch import PagePrefetch
-from tagman_base.sqlite_util import atomic, chunks, rows_where_in
+from tagman_base.sqlite_util import atomic, chunks
 from tagman_base.stash_client import StashClient
 from tagman_base.timestamps import epoch_of, local_text, utc_now
 from tagman_mirror import queries, schema, signals
-from tagman_mirror.cursor import CursorStore, TypeCursor, after_text_filter, window_filter
+from tagman_mirror.cursor import CursorStore, TypeCursor, after_text_filter, earliest_instant, window_filter
 from tagman_mirror.derived import refresh_derived
 from tagman_mirror.entities import ENTITY_TYPES, SPEC_BY_TABLE, SPECS, EntitySpec, parse_entities
 from tagman_mirror.id_compare import compare_ids
 from tagman_mirror.results import FULL, SMART, CacheOptions, TypeStats, TypeTally
 from tagman_mirror.store import (
-    ChangeRecorder, content_tables, delete_entities, forget_rereads, mirror_count, prune_change_log,
-    purge_soft_deleted, page_contents, soft_deleted_count, write_contents, write_items,
+    ChangeRecorder, content_tables, delete_entities, forget_rereads, live_stamps_since, mirror_count,
+    prune_change_log, purge_soft_deleted, page_contents, soft_deleted_count, write_contents, write_items,
 )
 from tagman_mirror.rows import Content
 
@@ -334,16 +334,18 @@ class CacheSync:
                 self.cursors.confirm(table, checked)
 
     def _changed(self, spec: EntitySpec, listing: list[dict]) -> list[tuple[int, str]]:
-        """(id, updated_at) of listed entities to fetch, oldest first: new, changed, or forced by ``since``."""
+        """(id, updated_at) of listed entities to fetch, oldest first: new, changed, or forced by ``since``.
+
+        The mirror's texts come from the update-time index, from the earliest instant a listed
+        text can stand for: only the entities to fetch have their texts parsed.
+        """
         if not listing:
             return []
-        pairs = [(int(i["id"]), i["updated_at"]) for i in listing]
-        sql = f"SELECT id, updated_at FROM {spec.table} WHERE id IN ({{marks}}) AND deleted_at IS NULL"
-        known: dict[int, str] = dict(rows_where_in(self.conn, sql, [p[0] for p in pairs]))
+        known = live_stamps_since(self.conn, spec.table, earliest_instant(i["updated_at"] for i in listing))
         out = []
-        for eid, updated in pairs:
-            forced = self.since is not None and epoch_of(updated) >= self.since
-            if forced or known.get(eid) != updated:
+        for item in listing:
+            eid, updated = int(item["id"]), item["updated_at"]
+            if known.get(eid) != updated or (self.since is not None and epoch_of(updated) >= self.since):
                 out.append((eid, updated))
         out.sort(key=lambda p: (epoch_of(p[1]), p[0]))
         return out

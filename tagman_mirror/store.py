@@ -333,6 +333,16 @@ def soft_deleted_counts(conn: sqlite3.Connection) -> dict[str, int]:
     return {t: soft_deleted_count(conn, t) for t in ENTITY_TYPES}
 
 
+def live_stamps_since(conn: sqlite3.Connection, table: str, earliest: int) -> dict[int, str]:
+    """``updated_at`` texts of the type's live entities at or after the instant ``earliest``, by id.
+
+    Read from the update-time index alone (it holds the text and the deletion mark): comparing a
+    listed window with the mirror touches no table row, however far apart the listed ids lie.
+    """
+    return dict(conn.execute(f"SELECT id, updated_at FROM {table} WHERE updated_epoch >= ? AND deleted_at IS NULL",
+                             (earliest,)))
+
+
 def mirror_count(conn: sqlite3.Connection, table: str) -> int:
     """How many entities of the type the mirror holds (soft-deleted ones not counted)."""
     return conn.execute(f"SELECT (SELECT count(*) FROM {table}) - "

@@ -14,6 +14,8 @@ from datetime import timedelta
 import pytest
 
 from tagman_mirror.cursor import QUIET_AFTER_S
+from tagman_mirror.entities import ENTITY_TYPES
+from tagman_mirror.store import live_stamps_since
 from tagman_mirror.hook import run_cache_sync_scene
 from tagman_mirror.runs import cache_full_sync, cache_smart_sync
 from tests.conftest import ctx_for
@@ -124,3 +126,25 @@ def test_without_a_date_header_nothing_is_skipped(mirrored, world, clock, stash,
     probe, listings = smart_sync_seen_by(fake, stash, mirrored)
     assert probe["recheck"] == ["5"] and probe["window"]["updated_at"]["value"].endswith("-12:00")
     assert_mirror_equals(mirrored, world)
+
+
+def test_a_window_is_compared_with_the_mirror_from_the_update_time_index_alone(mirrored, world, clock, stash):
+    """However far apart the listed ids lie, the comparison reads index pages only, never a table row."""
+    clock.tick(60)
+    for scene_id in (2, 9):
+        world.update_entity("scene", scene_id, title=f"edited {scene_id}")
+    cache_smart_sync(stash, mirrored)
+    with sqlite3.connect(mirrored) as conn:
+        assert live_stamps_since(conn, "scenes", 0) == dict(
+            conn.execute("SELECT id, updated_at FROM scenes WHERE deleted_at IS NULL"))
+        for table in ENTITY_TYPES:
+            statements: list[str] = []
+            conn.set_trace_callback(statements.append)
+            live_stamps_since(conn, table, 0)
+            conn.set_trace_callback(None)
+            program = conn.execute(f"EXPLAIN {statements[-1]}").fetchall()  # parameters expanded
+            opened = {row[2]: row[3] for row in program if row[1] == "OpenRead"}  # cursor -> its b-tree
+            index_root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?",
+                                      (f"{table}_updated_epoch",)).fetchone()[0]
+            read = {row[2] for row in program if row[1] in ("Column", "Rowid")}
+            assert read and all(opened[cursor] == index_root for cursor in read), table

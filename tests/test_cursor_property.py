@@ -9,7 +9,7 @@ from hypothesis import given, strategies as st
 
 from tagman_base.errors import SettingsError
 from tagman_base.timestamps import epoch_of
-from tagman_mirror.cursor import window_lower_bound
+from tagman_mirror.cursor import earliest_instant, window_lower_bound
 from tagman_mirror.runs import cache_incremental_sync
 from tests.fakes.fake_stash import render_timestamp
 
@@ -34,6 +34,14 @@ def test_window_is_at_most_26_hours_wide(cursor_epoch, cursor_offset, offset):
     """The margin costs at most the offsets' span: rows from >26 h before the cursor stay out."""
     old = render_timestamp(datetime.fromtimestamp(cursor_epoch - 26 * 3600 - 2, timezone.utc), offset)
     assert old < window_lower_bound(cursor_epoch)
+
+
+@given(st.lists(st.tuples(EPOCHS, OFFSETS), min_size=1, max_size=20))
+def test_earliest_instant_is_at_or_below_every_text_and_at_most_26_hours_below_the_earliest(stamps):
+    """The window comparison reads the mirror from this instant on: no listed entity may lie below it."""
+    texts = [render_timestamp(datetime.fromtimestamp(epoch, timezone.utc), offset) for epoch, offset in stamps]
+    earliest = min(epoch for epoch, _ in stamps)
+    assert earliest - 26 * 3600 <= earliest_instant(texts) <= earliest
 
 
 def test_window_lower_bound_is_below_any_rendering_at_or_after_the_instant():

@@ -67,7 +67,7 @@ def test_version_2_file_upgrades_to_the_fresh_schema_and_keeps_its_data(tmp_path
     old_file_with_data(reference, path, version=2)
     result = cache_full_sync(stash, path)  # upgrades, then compares every entity with the mirror
     with sqlite3.connect(path) as a, sqlite3.connect(reference) as b:
-        assert schema.schema_version(a) == schema.SCHEMA_VERSION == 7
+        assert schema.schema_version(a) == schema.SCHEMA_VERSION == 8
         assert schema.schema_signature(a) == schema.schema_signature(b)
         assert a.execute("SELECT count(*) FROM sync_changes").fetchone()[0] == 0
         assert a.execute("SELECT count(*) FROM scenes WHERE content_hash = 'raw-answer-hash'").fetchone()[0] == 0
@@ -90,7 +90,7 @@ def test_version_4_file_gets_the_signal_state_and_one_smart_sync_mirrors_a_silen
     cache_smart_sync(stash, path)
     fresh = open_cache(tmp_path / "fresh.sqlite3")
     with sqlite3.connect(path) as a:
-        assert schema.schema_version(a) == schema.SCHEMA_VERSION == 7
+        assert schema.schema_version(a) == schema.SCHEMA_VERSION == 8
         assert schema.schema_signature(a) == schema.schema_signature(fresh)
         stored = {r[0] for r in a.execute("SELECT entity_type FROM mirror_signals")}
     fresh.close()
