@@ -44,6 +44,7 @@ class TypeCursor:
     full_cursor: str | None = None            # newest updated_at when that full pass started
     full_run_pending: bool = False            # a full sync covering this type was interrupted
     checked_epoch: int | None = None          # Stash's clock when the cursor was last confirmed (see above)
+    live_count: int | None = None             # the mirror's live entities of the type; None once rows were written
 
     def settled(self, newest_mirrored_epoch: int | None) -> bool:
         """True when no mirrored row at or after the cursor can still change within its own second."""
@@ -130,6 +131,11 @@ class CursorStore:
         """Forget when the type's cursor was confirmed: rows were written outside a window pass."""
         self.conn.execute("UPDATE sync_state SET checked_epoch = NULL WHERE entity_type = ? "
                           "AND checked_epoch IS NOT NULL", (entity_type,))
+
+    def forget_live_count(self, entity_type: str) -> None:
+        """Rows of the type were written: its stored live count may be wrong."""
+        self.conn.execute("UPDATE sync_state SET live_count = NULL WHERE entity_type = ? AND live_count IS NOT NULL",
+                          (entity_type,))
 
     def signals(self, entity_type: str) -> SignalState:
         """The type's ``mirror_signals`` state (the initial one when none is stored)."""

@@ -53,7 +53,7 @@ from tagman_mirror.entities import ENTITY_TYPES, SPEC_BY_TABLE, SPECS, EntitySpe
 from tagman_mirror.id_compare import compare_ids
 from tagman_mirror.results import FULL, SMART, CacheOptions, TypeStats, TypeTally
 from tagman_mirror.store import (
-    ChangeRecorder, content_tables, delete_entities, forget_rereads, live_stamps_since, mirror_count,
+    ChangeRecorder, content_tables, delete_entities, forget_rereads, live_count, live_stamps_since,
     prune_change_log, purge_soft_deleted, page_contents, soft_deleted_count, write_contents, write_items,
 )
 from tagman_mirror.rows import Content
@@ -138,6 +138,7 @@ class CacheSync:
             self._process_rereads(spec)
         self._reconfirm()
         self._apply_retention()
+        self._store_live_counts()
         derived = refresh_derived(self.conn)
         log.debug(f"derived data refreshed: {derived}")
         if self.mode == FULL:
@@ -171,6 +172,11 @@ class CacheSync:
                 state = self.cursors.get(table)
                 if state.full_run_pending and (table in scope or state.full_next_page is None):
                     self.cursors.set(table, full_run_pending=0)
+
+    def _store_live_counts(self) -> None:
+        """Count the types whose rows this run wrote and store the counts: the next sync, if idle, counts nothing."""
+        for spec in self.specs:
+            live_count(self.conn, spec.table)
 
     def _apply_retention(self) -> None:
         """Purge soft-deleted entities of the run's types: older than cacheSoftDeleteDays, or all when it is off."""
@@ -291,7 +297,7 @@ class CacheSync:
         stash_total, window_count = probe["total"]["count"], probe["window"]["count"]
         pending = self.conn.execute("SELECT count(*) FROM pending_reread WHERE entity_type = ?",
                                     (spec.table,)).fetchone()[0]
-        in_step = stash_total == mirror_count(self.conn, spec.table) and not pending
+        in_step = stash_total == live_count(self.conn, spec.table) and not pending
         if self.mode == SMART and window_count == 0 and not missing_recheck and in_step:
             stats.skipped = stats.upserted == 0
             self._finish_window(spec, None, checked if self.since is None else None)
@@ -302,13 +308,13 @@ class CacheSync:
                                       {"window": window, "filter": {"per_page": -1, "sort": "id", "direction": "ASC"}}
                                       )[spec.find][spec.list_key]
         to_fetch = self._changed(spec, listing)
-        newest = max(listing, key=lambda i: epoch_of(i["updated_at"]))["updated_at"] if listing else None
+        newest = max({i["updated_at"] for i in listing}, key=epoch_of) if listing else None  # each text parsed once
         may_advance = self.since is None or (cursor_epoch is not None and self.since <= cursor_epoch)
         if to_fetch:
             self._fetch_ids(spec, to_fetch, progress, advance_cursor=may_advance)
         elif self.mode == SMART and not stats.upserted and in_step:
             stats.skipped = True
-        if stash_total != mirror_count(self.conn, spec.table) or missing_recheck:
+        if stash_total != live_count(self.conn, spec.table) or missing_recheck:
             self._reconcile(spec, allow_mass_delete=False)
         self._finish_window(spec, newest if may_advance else None,
                             checked if self.since is None and cursor_epoch is not None else None)

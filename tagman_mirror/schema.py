@@ -12,7 +12,8 @@ marker of an interrupted full sync into ``sync_state.full_run_pending``.
 Version 5 adds ``mirror_signals``: per file-owning type, the cursor of the file-change window and
 the position of the rolling re-verification (see ``signals.py``).
 Version 7 adds ``sync_state.checked_epoch`` (see ``cursor.py``) and ``mirror_signals.phash_missing``.
-Version 8 widens each entity table's update-time index with ``updated_at`` and ``deleted_at``.
+Version 8 widens each entity table's update-time index with ``updated_at`` and ``deleted_at`` and
+adds ``sync_state.live_count``.
 
 Every mirror table carries three guard triggers (INSERT, UPDATE, DELETE) that abort unless the
 connection has attached the in-memory database ``cache_writer`` — which only the sync's own
@@ -232,11 +233,14 @@ _V6_LINK_INDEXES = [f"DROP INDEX IF EXISTS {link.table}_{link.owner}" for link i
 _V7_CHECKED = ["ALTER TABLE sync_state ADD COLUMN checked_epoch INTEGER",
                "ALTER TABLE mirror_signals ADD COLUMN phash_missing INTEGER"]
 
-# the update-time index also holds each row's updated_at text and deletion mark: a smart sync
+# sync_state.live_count: the mirror's count of the type's live entities (NULL once rows of the type
+# were written since), so an idle sync need not count them again.
+# The update-time index also holds each row's updated_at text and deletion mark: a smart sync
 # compares a listed window with the mirror from the index alone (``store.live_stamps_since``)
-_V8_UPDATE_INDEX = [sql for t in ENTITY_TABLES for sql in (
+_V8_INDEX_AND_COUNT = [sql for t in ENTITY_TABLES for sql in (
     f"DROP INDEX {t}_updated_epoch",
-    f"CREATE INDEX {t}_updated_epoch ON {t} (updated_epoch, updated_at, deleted_at)")]
+    f"CREATE INDEX {t}_updated_epoch ON {t} (updated_epoch, updated_at, deleted_at)")] + [
+    "ALTER TABLE sync_state ADD COLUMN live_count INTEGER"]
 
 MIRROR_TABLES = V1_TABLES + V2_TABLES + V3_TABLES + V5_TABLES
 
@@ -289,8 +293,9 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
      _V6_LINK_INDEXES + _added_columns(6)),
     (7, "when Stash's clock last confirmed each type's cursor; the mirror's count of scenes missing a phash",
      _V7_CHECKED + _added_columns(7)),
-    (8, "the update-time index holds the updated_at text and deletion mark (window comparisons read it alone)",
-     _V8_UPDATE_INDEX + _added_columns(8)),
+    (8, "the update-time index holds the updated_at text and deletion mark (window comparisons read it alone); "
+        "the mirror's stored count of each type's live entities",
+     _V8_INDEX_AND_COUNT + _added_columns(8)),
 ]
 
 

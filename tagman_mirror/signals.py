@@ -48,7 +48,7 @@ from tagman_mirror.cursor import SignalState, window_lower_bound
 from tagman_mirror.entities import SPEC_BY_TABLE, EntitySpec
 from tagman_mirror.queries import SIGNAL_TYPES, WINDOW_PAGE
 from tagman_mirror.results import FULL
-from tagman_mirror.store import ChangeRecorder, delete_entities, mirror_count, write_items
+from tagman_mirror.store import ChangeRecorder, delete_entities, live_count, write_items
 
 if TYPE_CHECKING:
     from tagman_mirror.engine import CacheSync
@@ -205,7 +205,7 @@ def _apply_verification(sync: CacheSync, spec: EntitySpec, found: dict, stash_to
     returned = [int(i["id"]) for i in items]
     wrapped = len(items) >= found["count"]  # the slice reached the highest id
     upper = None if wrapped else max(returned)
-    count_before = mirror_count(sync.conn, spec.table)
+    count_before = live_count(sync.conn, spec.table)
     if items:
         _write(sync, spec, items)
     # only the slice's own range: reading every id above it made an idle run grow with the library
@@ -222,7 +222,7 @@ def _apply_verification(sync: CacheSync, spec: EntitySpec, found: dict, stash_to
             delete_entities(sync.conn, spec, gone, recorder=recorder)
         _merge_counts(sync, spec, recorder)
         log.info(f"cache {spec.table}: re-verification found {len(gone)} entities Stash no longer has")
-    count_after = mirror_count(sync.conn, spec.table)
+    count_after = live_count(sync.conn, spec.table)
     if count_after != count_before and count_after != stash_total:
         sync._reconcile(spec, allow_mass_delete=False)
     return 0 if wrapped else max(returned)

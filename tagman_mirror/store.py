@@ -202,9 +202,10 @@ def write_contents(conn: sqlite3.Connection, spec: EntitySpec, contents: list[Co
 
 def _forget_counts(conn: sqlite3.Connection, table: str) -> None:
     """Rows of ``table`` changed: forget the cursor's confirmation (they were read at a time it does not
-    cover) and, for scenes, the stored count of scenes missing a phash."""
+    cover), the type's stored live count and, for scenes, the stored count of scenes missing a phash."""
     cursors = CursorStore(conn)
     cursors.unconfirm(table)
+    cursors.forget_live_count(table)
     if table == "scenes":
         cursors.forget_phash_missing()
 
@@ -347,6 +348,22 @@ def mirror_count(conn: sqlite3.Connection, table: str) -> int:
     """How many entities of the type the mirror holds (soft-deleted ones not counted)."""
     return conn.execute(f"SELECT (SELECT count(*) FROM {table}) - "
                         f"(SELECT count(*) FROM {table} WHERE deleted_at IS NOT NULL)").fetchone()[0]
+
+
+def live_count(conn: sqlite3.Connection, table: str) -> int:
+    """``mirror_count``, stored in ``sync_state`` until rows of the type are written (``_forget_counts``).
+
+    For the writer's connection (it may store the count): an idle sync compares Stash's totals
+    with the mirror's without counting a table whose pages grow with the library.
+    """
+    cursors = CursorStore(conn)
+    stored = cursors.get(table).live_count
+    if stored is not None:
+        return stored
+    with atomic(conn):
+        counted = mirror_count(conn, table)
+        cursors.set(table, live_count=counted)
+    return counted
 
 
 def prune_change_log(conn: sqlite3.Connection, cutoff: datetime, keep_run: int | None) -> None:

@@ -284,6 +284,14 @@ def ctx_for(stash: StashClient, db: Path, args: dict, live: bool = True) -> RunC
     return RunContext(stash, Settings(cache_db_path=str(db), live_cache=live), args, db.parent)
 
 
+def hook_in_process(stash: StashClient, db: Path, context: dict, live: bool = True):
+    """What the cache_hook mode does once Stash's input is parsed, in this process (fast)."""
+    from tagman_mirror.hook import run_cache_hook, run_hook_safely
+
+    ctx = ctx_for(stash, db, {"mode": "cache_hook", "hookContext": context}, live)
+    return run_hook_safely(lambda: run_cache_hook(ctx), ctx.args)
+
+
 def read_rows(db: Path, sql: str, params=()) -> list[tuple]:
     """Rows of a query, or [] while the file or table does not exist yet (never creates the file)."""
     try:

@@ -15,21 +15,15 @@ import requests
 from tagman_base.stash_client import StashClient
 from tagman_mirror import live_writer
 from tagman_mirror.cache_file import open_cache, sync_lock
-from tagman_mirror.hook import HookInputError, HookResult, parse_hook_context, run_cache_hook, run_hook_safely
+from tagman_mirror.hook import HookInputError, parse_hook_context
 from tagman_mirror.live_writer import LiveWriter
 from tagman_mirror.runs import cache_full_sync, cache_smart_sync
-from tests.conftest import ctx_for, hook_context, ROOT, run_plugin, scene_title, stash_input
+from tests.conftest import hook_context, hook_in_process, ROOT, run_plugin, scene_title, stash_input
 from tests.mirror_oracle import assert_mirror_equals, derived_tables, fresh_full, snapshot
 
 
 NOW = "2025-03-01T12:00:00+00:00"
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-
-
-def hook_in_process(stash, db, context, live=True) -> HookResult:
-    """What the cache_hook mode does once Stash's input is parsed, in this process (fast)."""
-    ctx = ctx_for(stash, db, {"mode": "cache_hook", "hookContext": context}, live)
-    return run_hook_safely(lambda: run_cache_hook(ctx), ctx.args)
 
 
 @pytest.mark.parametrize("context, expected", [
