@@ -15,9 +15,9 @@ import pytest
 
 from tagman_mirror.cursor import QUIET_AFTER_S
 from tagman_mirror.entities import ENTITY_TYPES
-from tagman_mirror.store import live_stamps_since
 from tagman_mirror.hook import run_cache_sync_scene
 from tagman_mirror.runs import cache_full_sync, cache_smart_sync
+from tagman_mirror.store import live_stamps_since
 from tests.conftest import ctx_for
 from tests.mirror_oracle import assert_mirror_equals
 
