@@ -127,15 +127,11 @@ class CursorStore:
         if state.checked_epoch is None or gains:
             self.set(entity_type, checked_epoch=checked)
 
-    def unconfirm(self, entity_type: str) -> None:
-        """Forget when the type's cursor was confirmed: rows were written outside a window pass."""
-        self.conn.execute("UPDATE sync_state SET checked_epoch = NULL WHERE entity_type = ? "
-                          "AND checked_epoch IS NOT NULL", (entity_type,))
-
-    def forget_live_count(self, entity_type: str) -> None:
-        """Rows of the type were written: its stored live count may be wrong."""
-        self.conn.execute("UPDATE sync_state SET live_count = NULL WHERE entity_type = ? AND live_count IS NOT NULL",
-                          (entity_type,))
+    def forget_for_written_rows(self, entity_type: str) -> None:
+        """Rows of the type were written: forget when the cursor was confirmed and the stored live
+        count (one statement; nothing written when both are already unknown)."""
+        self.conn.execute("UPDATE sync_state SET checked_epoch = NULL, live_count = NULL WHERE entity_type = ? "
+                          "AND (checked_epoch IS NOT NULL OR live_count IS NOT NULL)", (entity_type,))
 
     def signals(self, entity_type: str) -> SignalState:
         """The type's ``mirror_signals`` state (the initial one when none is stored)."""

@@ -204,8 +204,7 @@ def _forget_counts(conn: sqlite3.Connection, table: str) -> None:
     """Rows of ``table`` changed: forget the cursor's confirmation (they were read at a time it does not
     cover), the type's stored live count and, for scenes, the stored count of scenes missing a phash."""
     cursors = CursorStore(conn)
-    cursors.unconfirm(table)
-    cursors.forget_live_count(table)
+    cursors.forget_for_written_rows(table)
     if table == "scenes":
         cursors.forget_phash_missing()
 

@@ -755,14 +755,20 @@ class World:
             rows = self._derived(key, (etype,), lambda: [r for r in unfiltered if all(p(r) for p in preds)])
         else:
             rows = self._sorted_rows(etype, sort, direction)
-        count = len(rows)
+        return self._page_of(rows, ff)
+
+    @staticmethod
+    def _page_of(rows, ff, first: int = 0):
+        """(count, page) of ``rows[first:]`` as Stash pages them: a negative per_page is all of them,
+        page 1 and 25 per page by default."""
+        count = len(rows) - first
         per_page = ff.get("per_page")
         if per_page is not None and per_page < 0:
-            return count, list(rows)
+            return count, list(rows[first:])
         page = ff.get("page")
         page = 1 if page is None or page < 1 else page
         per_page = 25 if per_page is None else per_page
-        start = (page - 1) * per_page
+        start = first + (page - 1) * per_page
         return count, rows[start:start + per_page]
 
     @staticmethod
@@ -777,16 +783,7 @@ class World:
         """(count, page) of the rows with an id above ``after``, ascending, found by bisection."""
         rows = self._sorted_rows(etype, "id", "ASC")
         ids = self._derived(("ids", etype), (etype,), lambda: [r["id"] for r in rows])
-        first = bisect.bisect_right(ids, after)
-        count = len(rows) - first
-        per_page = ff.get("per_page")
-        if per_page is not None and per_page < 0:
-            return count, rows[first:]
-        page = ff.get("page")
-        page = 1 if page is None or page < 1 else page
-        per_page = 25 if per_page is None else per_page
-        start = first + (page - 1) * per_page
-        return count, rows[start:start + per_page]
+        return self._page_of(rows, ff, bisect.bisect_right(ids, after))
 
     def _sort_small(self, etype, rows, sort, direction):
         if sort in ("name", "title"):
