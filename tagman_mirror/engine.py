@@ -123,6 +123,7 @@ class CacheSync:
     def run(self) -> None:
         """Sync the run's types in dependency order, then retention, change-log pruning and derived data."""
         schema.restore_indexes(self.conn)  # a killed first fill left them for the end it never reached
+        self._read_stash_clock()
         if self.mode == FULL:
             self._start_full_run()
         count = len(self.specs)
@@ -149,6 +150,16 @@ class CacheSync:
         for table, stats in self.type_stats().items():
             log.info(f"cache {table}: {stats.summary()}")
         self.progress(1.0)
+
+    def _read_stash_clock(self) -> None:
+        """Learn Stash's clock before the first pass when no answer has shown it yet (one small request).
+
+        Each pass records the clock of an answer received before its first read (``checked``);
+        without one, the first type's cursor would never be confirmed, and every run would
+        re-read the entities of its second and list 26 h of offsets below it.
+        """
+        if self.stash.server_epoch is None:
+            self.stash.call(queries.CLOCK)
 
     def _start_full_run(self) -> None:
         """Mark the run's types for a full read, except those an interrupted full run is resuming."""

@@ -107,6 +107,9 @@ def files_page_query(spec: EntitySpec) -> str:
             f"direction: ASC}}) {{ count {spec.list_key} {{ {spec.selection} {_FILE_TIMES[spec.table]} }} }}\n}}")
 
 
+# the smallest answer Stash gives: read for its Date header alone (``engine``: Stash's clock before a run's reads)
+CLOCK = "query TagManagerCacheClock {\n  version { version }\n}"
+
 PHASH_MISSING_IDS = """query TagManagerCachePhashMissing {
   findScenes(scene_filter: {is_missing: "phash"}, filter: {per_page: -1, sort: "id", direction: ASC}) { scenes { id } }
 }"""
@@ -127,6 +130,6 @@ def _named(documents: list[str]) -> dict[str, str]:
 
 # every document the cache can send; the status listing is shown for all types (a run lists fewer)
 REGISTRY: dict[str, str] = _named([*PAGE.values(), *PROBE.values(), *LISTING.values(), *IDS.values(),
-                                   *LATEST.values(),
+                                   *LATEST.values(), CLOCK,
                                    status_counts_query(SPECS), status_listing_query(SPECS),
                                    SIGNALS, *FILES_PAGE.values(), PHASH_MISSING_IDS])

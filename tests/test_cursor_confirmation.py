@@ -12,7 +12,9 @@ import sqlite3
 from datetime import timedelta
 
 import pytest
+import requests
 
+from tagman_base.stash_client import StashClient
 from tagman_mirror.cursor import QUIET_AFTER_S
 from tagman_mirror.entities import ENTITY_TYPES
 from tagman_mirror.hook import run_cache_sync_scene
@@ -126,6 +128,22 @@ def test_without_a_date_header_nothing_is_skipped(mirrored, world, clock, stash,
     probe, listings = smart_sync_seen_by(fake, stash, mirrored)
     assert probe["recheck"] == ["5"] and probe["window"]["updated_at"]["value"].endswith("-12:00")
     assert_mirror_equals(mirrored, world)
+
+
+def test_every_type_is_confirmed_when_the_run_is_the_process_s_first_request(db, world, clock, fake):
+    """A task is a new process with a new client: the first type's pass still has Stash's clock before it."""
+    def new_process_client() -> StashClient:
+        return StashClient(requests.Session(), fake.url, sleep=lambda _s: None, backoff=(0.0,))
+
+    cache_full_sync(new_process_client(), db)
+    assert {table: checked_epoch(db, table) is not None for table in ENTITY_TYPES} == dict.fromkeys(ENTITY_TYPES, True)
+    clock.tick(5)
+    fake.clear_log()
+    cache_smart_sync(new_process_client(), db)
+    operations = [op for op, _variables in fake.requests()]
+    assert not [op for op in operations if op.endswith("Listing")]  # every cursor quiet: no window to list
+    assert not [v for op, v in fake.requests() if op.endswith("Probe") and v["withRecheck"]]  # every second settled
+    assert_mirror_equals(db, world)
 
 
 def test_a_window_is_compared_with_the_mirror_from_the_update_time_index_alone(mirrored, world, clock, stash):
