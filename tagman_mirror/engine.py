@@ -152,13 +152,14 @@ class CacheSync:
         self.progress(1.0)
 
     def _read_stash_clock(self) -> None:
-        """Learn Stash's clock before the first pass when no answer has shown it yet (one small request).
+        """Learn Stash's clock before the first pass when this client has not asked Stash anything yet.
 
         Each pass records the clock of an answer received before its first read (``checked``);
         without one, the first type's cursor would never be confirmed, and every run would
-        re-read the entities of its second and list 26 h of offsets below it.
+        re-read the entities of its second and list 26 h of offsets below it. A Stash that sent
+        no ``Date`` header before will not send one now: no request then.
         """
-        if self.stash.server_epoch is None:
+        if self.stash.server_epoch is None and not self.stash.requests_sent:
             self.stash.call(queries.CLOCK)
 
     def _start_full_run(self) -> None:
