@@ -251,9 +251,14 @@ def fake(world):
         yield server
 
 
+def client_for(url: str) -> StashClient:
+    """A new client of the (fake) Stash at ``url``, as a new plugin process makes one; retries without waiting."""
+    return StashClient(requests.Session(), url, sleep=lambda _s: None, backoff=(0.0,))
+
+
 @pytest.fixture
 def stash(fake) -> StashClient:
-    return StashClient(requests.Session(), fake.url, sleep=lambda _s: None, backoff=(0.0,))
+    return client_for(fake.url)
 
 
 @pytest.fixture

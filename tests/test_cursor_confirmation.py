@@ -12,15 +12,13 @@ import sqlite3
 from datetime import timedelta
 
 import pytest
-import requests
 
-from tagman_base.stash_client import StashClient
 from tagman_mirror.cursor import QUIET_AFTER_S
 from tagman_mirror.entities import ENTITY_TYPES
 from tagman_mirror.hook import run_cache_sync_scene
 from tagman_mirror.runs import cache_full_sync, cache_smart_sync
 from tagman_mirror.store import live_stamps_since
-from tests.conftest import ctx_for
+from tests.conftest import client_for, ctx_for
 from tests.mirror_oracle import assert_mirror_equals
 
 
@@ -132,14 +130,11 @@ def test_without_a_date_header_nothing_is_skipped(mirrored, world, clock, stash,
 
 def test_every_type_is_confirmed_when_the_run_is_the_process_s_first_request(db, world, clock, fake):
     """A task is a new process with a new client: the first type's pass still has Stash's clock before it."""
-    def new_process_client() -> StashClient:
-        return StashClient(requests.Session(), fake.url, sleep=lambda _s: None, backoff=(0.0,))
-
-    cache_full_sync(new_process_client(), db)
+    cache_full_sync(client_for(fake.url), db)
     assert {table: checked_epoch(db, table) is not None for table in ENTITY_TYPES} == dict.fromkeys(ENTITY_TYPES, True)
     clock.tick(5)
     fake.clear_log()
-    cache_smart_sync(new_process_client(), db)
+    cache_smart_sync(client_for(fake.url), db)
     operations = [op for op, _variables in fake.requests()]
     assert not [op for op in operations if op.endswith("Listing")]  # every cursor quiet: no window to list
     assert not [v for op, v in fake.requests() if op.endswith("Probe") and v["withRecheck"]]  # every second settled

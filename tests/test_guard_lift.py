@@ -9,13 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import requests
 
 from tagman_base.errors import CacheSchemaError
-from tagman_base.stash_client import StashClient
 from tagman_mirror import schema, store
 from tagman_mirror.cache_file import open_cache
 from tagman_mirror.runs import cache_full_sync
+from tests.conftest import client_for
 from tests.fakes.fake_stash import FakeStash
 from tests.fakes.library import generate_library
 from tests.mirror_oracle import assert_mirror_equals
@@ -108,7 +107,7 @@ def test_a_bulk_full_sync_keeps_the_schema_the_guard_and_the_mirror_exact(tmp_pa
     monkeypatch.setattr(store, "guard_lifted", recording)
     db = tmp_path / "cache.sqlite3"
     with FakeStash(lib.world) as fake:
-        stash = StashClient(requests.Session(), fake.url, sleep=lambda _s: None, backoff=(0.0,))
+        stash = client_for(fake.url)
         cache_full_sync(stash, db)
         assert lifted and set(lifted) == {("INSERT",)}  # a first fill only inserts: only those triggers go
         lifted.clear()

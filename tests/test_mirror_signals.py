@@ -5,17 +5,15 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-import requests
 from graphql import parse, validate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tagman_base.stash_client import StashClient
 from tagman_mirror import queries, signals
 from tagman_mirror.entities import SPEC_BY_TABLE, SPECS
 from tagman_mirror.runs import cache_full_sync, cache_incremental_sync, cache_smart_sync
 from tagman_mirror.store import _remove_rows
-from tests.conftest import SMALL, Clock
+from tests.conftest import client_for, SMALL, Clock
 from tests.fakes.fake_stash import FakeStash, fake_schema
 from tests.fakes.library import generate_library
 from tests.mirror_oracle import assert_mirror_equals
@@ -213,7 +211,7 @@ def test_rolling_verification_covers_a_larger_type_within_the_stated_runs(tmp_pa
     world = library.world
     path = tmp_path / "cache.sqlite3"
     with FakeStash(world) as server:
-        client = StashClient(requests.Session(), server.url, sleep=lambda _s: None, backoff=(0.0,))
+        client = client_for(server.url)
         cache_full_sync(client, path)
         clock.tick(60)
         for sid in (7, 120, 249):
@@ -275,7 +273,7 @@ def test_any_mix_of_changes_needs_one_sync(changes, seed, mode, tmp_path_factory
     world = generate_library(seed=7, clock=clock, **TINY).world
     path = tmp_path_factory.mktemp("mix") / "cache.sqlite3"
     with FakeStash(world) as server:
-        client = StashClient(requests.Session(), server.url, sleep=lambda _s: None, backoff=(0.0,))
+        client = client_for(server.url)
         cache_full_sync(client, path)
         clock.tick(3600)
         for index, kind in enumerate(changes):

@@ -13,15 +13,13 @@ import threading
 from pathlib import Path
 
 import pytest
-import requests
 
 from tag_manager import parse_command_line
-from tagman_base.stash_client import StashClient
 from tagman_mirror.cache_file import sync_lock
 from tagman_mirror.runs import cache_full_sync, cache_smart_sync
 from tagman_mirror.status import run_cache_status
 from tagman_mirror.watch import CacheWatcher, run_cache_watch
-from tests.conftest import ctx_for, live_on, read_rows, ROOT, scene_title, wait_for
+from tests.conftest import client_for, ctx_for, live_on, read_rows, ROOT, scene_title, wait_for
 from tests.mirror_oracle import assert_mirror_equals
 
 
@@ -39,7 +37,7 @@ def watch_runs(db: Path) -> list[tuple]:
 
 def test_watch_picks_up_changes_heartbeats_and_survives_stash_going_away(db, world, fake, clock, caplog):
     caplog.set_level(logging.DEBUG, logger="tagManager")
-    client = StashClient(requests.Session(), fake.url, sleep=lambda _s: None, backoff=(0.0,))
+    client = client_for(fake.url)
     stop = threading.Event()
     watcher = CacheWatcher(client, db, interval=0.3, heartbeat=0.1, stop=stop)
     thread = threading.Thread(target=watcher.run, daemon=True)
