@@ -12,6 +12,7 @@ How a type is synced (studios, tags, performers, groups, galleries, scenes, imag
   is empty; an idle smart sync thus makes two requests per type and writes no entity rows.
 * After the types: ``signals.check`` (one more request) for what Stash changes without a new
   ``updated_at`` — moved or modified files, generated phashes, a rolling re-verification.
+* Before them, one small request for Stash's clock when the client has not had it yet (see below).
 
 Why no update is missed (the cursor is always a text Stash returned, never this machine's clock):
 
@@ -152,14 +153,14 @@ class CacheSync:
         self.progress(1.0)
 
     def _read_stash_clock(self) -> None:
-        """Learn Stash's clock before the first pass when this client has not asked Stash anything yet.
+        """Learn Stash's clock before the first pass when no answer to this client has shown it yet.
 
         Each pass records the clock of an answer received before its first read (``checked``);
         without one, the first type's cursor would never be confirmed, and every run would
-        re-read the entities of its second and list 26 h of offsets below it. A Stash that sent
-        no ``Date`` header before will not send one now: no request then.
+        re-read the entities of its second and list 26 h of offsets below it. (Behind a proxy
+        that drops the ``Date`` header this request is spent in vain; nothing is skipped then.)
         """
-        if self.stash.server_epoch is None and not self.stash.requests_sent:
+        if self.stash.server_epoch is None:
             self.stash.call(queries.CLOCK)
 
     def _start_full_run(self) -> None:

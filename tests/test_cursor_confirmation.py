@@ -134,11 +134,16 @@ def test_every_type_is_confirmed_when_the_run_is_the_process_s_first_request(db,
     assert {table: checked_epoch(db, table) is not None for table in ENTITY_TYPES} == dict.fromkeys(ENTITY_TYPES, True)
     clock.tick(5)
     fake.clear_log()
-    cache_smart_sync(client_for(fake.url), db)
+    client = client_for(fake.url)
+    cache_smart_sync(client, db)
     operations = [op for op, _variables in fake.requests()]
+    assert operations[0] == "TagManagerCacheClock" and operations.count("TagManagerCacheClock") == 1
     assert not [op for op in operations if op.endswith("Listing")]  # every cursor quiet: no window to list
     assert not [v for op, v in fake.requests() if op.endswith("Probe") and v["withRecheck"]]  # every second settled
     assert_mirror_equals(db, world)
+    fake.clear_log()
+    cache_smart_sync(client, db)  # a client that has Stash's clock already (a watch loop's next run)
+    assert "TagManagerCacheClock" not in [op for op, _variables in fake.requests()]
 
 
 def test_a_window_is_compared_with_the_mirror_from_the_update_time_index_alone(mirrored, world, clock, stash):
